@@ -1,0 +1,192 @@
+"""The ``onebit`` command line, thin over the API: train, eval, data.
+
+Bad input ends in one sentence on stderr and exit status 2, never a traceback from deep inside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from onebit.errors import OnebitError
+
+log = logging.getLogger("onebit")
+
+EPILOG = """\
+examples:
+  onebit train configs/fmnist_mlp.toml                     # one run, method from the config
+  onebit train configs/fmnist_mlp.toml --twin              # and its full-precision twin
+  onebit train configs/fmnist_mlp.toml --set method.name=bwn --set train.epochs=20 --seeds 0 1 2
+  onebit train --resume runs/fmnist_mlp/bc-s0-20261122-101500   # continue a killed run
+  onebit eval runs/fmnist_mlp/bc-s0-20261122-101500        # test accuracy of its best weights
+"""
+
+
+def _methods_help() -> str:
+    from onebit.methods import METHODS
+
+    lines = [f"  {name:<10} {cls.title}  [{cls.paper}]" for name, cls in METHODS.items()]
+    return "methods (method.name):\n" + "\n".join(lines)
+
+
+def _models_help() -> str:
+    from onebit.models import MODELS
+
+    return "models (model.name): " + ", ".join(MODELS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="onebit",
+        description="Train, evaluate and compare binary-weight neural networks.",
+        formatter_class=fmt,
+        epilog=EPILOG,
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="train a binarized network (and optionally its float twin)",
+        formatter_class=fmt,
+        description="Train the model, data and method a TOML config names; evaluation is always "
+        "on the hard-binarized model.",
+        epilog=_methods_help() + "\n" + _models_help() + "\n\n" + EPILOG,
+    )
+    t.add_argument("config", nargs="?", help="TOML config file (optional with --resume)")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. train.lr=0.01 or model.hidden=[1024,1024]",
+    )
+    t.add_argument("--seeds", type=int, nargs="+", metavar="N", help="train once per seed")
+    t.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN")
+    t.add_argument("--twin", action="store_true", help="also train the full-precision twin")
+    t.add_argument("--out", metavar="DIR", help="runs folder (default: runs)")
+    t.add_argument("--data-root", metavar="DIR", help="data folder (default: $ONEBIT_DATA, ...)")
+    t.add_argument("--json", metavar="FILE", help="write the result rows as JSON to FILE")
+    t.add_argument(
+        "--record",
+        metavar="DIR",
+        help="also copy the runs' light files, table and command into DIR (e.g. records/NAME)",
+    )
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="evaluate a trained run on its test set")
+    e.add_argument("run", help="run folder or checkpoint (.pt)")
+    e.add_argument("--last", action="store_true", help="use the last epoch, not the best")
+    e.add_argument("--data-root", metavar="DIR", help="data folder")
+
+    d = sub.add_parser("data", help="find or download datasets")
+    d.add_argument("action", choices=("where", "download"))
+    d.add_argument("name", help="mnist, fashion-mnist or cifar10")
+    d.add_argument("--root", metavar="DIR", help="data folder")
+    return p
+
+
+def _train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from onebit.config import Config, load_config
+    from onebit.report import aggregate, markdown_table
+    from onebit.runs import load_data, new_run_dir, run
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f'out="{args.out}"')
+    if args.data_root:
+        overrides.append(f'data.root="{args.data_root}"')
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg_file = run_dir / "config.json"
+        if not cfg_file.is_file():
+            raise OnebitError(f"{run_dir} is not a onebit run folder (no config.json).")
+        cfg = Config.from_dict(json.loads(cfg_file.read_text()))
+        if args.config or args.overrides:
+            raise OnebitError(
+                "--resume continues a run with its own config; drop CONFIG and --set."
+            )
+        jobs = [(cfg, cfg.train.seed, run_dir, True)]
+    else:
+        if args.config is None:
+            raise OnebitError("give a config file (e.g. configs/fmnist_mlp.toml) or --resume RUN.")
+        cfg = load_config(args.config, overrides)
+        seeds = args.seeds or [cfg.train.seed]
+        cfgs = [cfg]
+        if args.twin and cfg.method.name != "fp":
+            twin = Config.from_dict({**cfg.to_dict(), "method": {"name": "fp"}})
+            cfgs.append(twin)
+        jobs = [(c, s, new_run_dir(c, s), False) for c in cfgs for s in seeds]
+    data = load_data(jobs[0][0], progress=not args.no_progress)
+    rows, run_dirs = [], []
+    for c, seed, run_dir, resume in jobs:
+        log.info("training %s (seed %d) in %s", c.method.name, seed, run_dir)
+        try:
+            res = run(
+                c, seed, run_dir=run_dir, resume=resume, progress=not args.no_progress, data=data
+            )
+        except KeyboardInterrupt:
+            log.error("interrupted; continue with: onebit train --resume %s", run_dir)
+            return 130
+        rows.append(res.row())
+        run_dirs.append(run_dir)
+    cols = ["method", "seeds", "test_best_val", "test_last", "s_per_epoch"]
+    cols += ["binary_params", "float_params", "size"]
+    print(markdown_table(aggregate(rows), cols))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    if args.record:
+        from onebit.records import write_record
+
+        write_record(args.record, rows, run_dirs, sys.argv[1:] if argv is None else argv)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from onebit.runs import load_data, load_run
+    from onebit.train import evaluate
+
+    cfg, model, _method, _state = load_run(args.run, "last" if args.last else "best")
+    if args.data_root:
+        cfg.data.root = args.data_root
+    data = load_data(cfg)
+    loss, acc = evaluate(model, data.test, data, cfg.train.eval_batch_size, cfg.train.loss)
+    print(json.dumps({"run": str(args.run), "test_acc": acc, "test_loss": loss}))
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from onebit import data
+
+    if args.action == "where":
+        print(data.find_root(args.name, args.root))
+    else:
+        print(data.download(args.name, args.root, progress=True))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``onebit`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        if args.command == "train":
+            return _train(args, argv)
+        return {"eval": _eval, "data": _data}[args.command](args)
+    except OnebitError as e:
+        print(f"onebit: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

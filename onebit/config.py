@@ -1,0 +1,298 @@
+"""Run configuration: dataclasses read from TOML files, with ``--set section.key=value`` overrides.
+
+A config file has four tables, each optional::
+
+    [data]    name, root, path, val_size, augment
+    [model]   name, plus the model builder's keyword options (e.g. hidden = [2048, 2048, 2048])
+    [method]  name, plus the method's options (e.g. stochastic = true for bc)
+    [train]   epochs, batch_size, optimizer, lr, ... (see TrainConfig)
+
+An unknown key or a value of the wrong type is one ``OnebitError`` naming the accepted keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import tomllib
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onebit.errors import OnebitError
+from onebit.methods import Method, method_class
+from onebit.models import MODELS, model_options
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "build_method",
+    "load_config",
+]
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, and where it lives.
+
+    Attributes:
+        name: mnist, fashion-mnist, cifar10 or npz.
+        root: data folder (default: ONEBIT_DATA, then the usual places).
+        path: the .npz file for ``name = "npz"``.
+        val_size: validation examples held out from the end of the training set.
+        augment: random crop + flip in training (None: the dataset's default, on for CIFAR).
+    """
+
+    name: str = "fashion-mnist"
+    root: str | None = None
+    path: str | None = None
+    val_size: int = 10000
+    augment: bool | None = None
+
+
+@dataclass
+class ModelConfig:
+    """Model name and the builder's keyword options (checked against its signature)."""
+
+    name: str = "mlp"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MethodConfig:
+    """Method name and its options (checked against the method's fields)."""
+
+    name: str = "bc"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe.
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size: global batch size (split across processes under torchrun).
+        optimizer: ``adam`` or ``sgd``.
+        lr: initial learning rate.
+        lr_final: last-epoch learning rate for ``exp`` and ``cosine`` schedules.
+        schedule: ``constant``, ``exp`` (geometric from lr to lr_final), ``cosine``,
+            ``multistep`` (times ``gamma`` at each of ``milestones``).
+        milestones: epochs at which ``multistep`` multiplies the rate by ``gamma``.
+        gamma: the ``multistep`` factor.
+        momentum: SGD momentum. nesterov: Nesterov momentum for SGD.
+        weight_decay: L2 penalty (SGD) or decoupled decay (AdamW-style is not used: Adam's own).
+        loss: ``ce`` (cross-entropy) or ``hinge`` (squared hinge, BinaryConnect/LAB).
+        grad_clip: clip the gradient norm to this value (None: off).
+        seed: seed of initialization, data order and stochastic binarization.
+        threads: torch threads per process (0: all cores divided by the number of processes).
+        deterministic: ask torch for deterministic algorithms.
+        compile: wrap the model in ``torch.compile``.
+        channels_last: use the channels-last memory format for conv nets.
+        eval_batch_size: batch size of evaluation.
+    """
+
+    epochs: int = 10
+    batch_size: int = 100
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    lr_final: float | None = None
+    schedule: str = "constant"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    loss: str = "ce"
+    grad_clip: float | None = None
+    seed: int = 0
+    threads: int = 0
+    deterministic: bool = True
+    compile: bool = False
+    channels_last: bool = True
+    eval_batch_size: int = 1000
+
+
+CHOICES = {
+    ("train", "optimizer"): ("adam", "sgd"),
+    ("train", "schedule"): ("constant", "exp", "cosine", "multistep"),
+    ("train", "loss"): ("ce", "hinge"),
+}
+
+
+@dataclass
+class Config:
+    """A whole run: data, model, method, training recipe, and where runs are written."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str = "runs"
+    name: str = "run"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict in the shape of the TOML file."""
+        return {
+            "data": dataclasses.asdict(self.data),
+            "model": {"name": self.model.name, **self.model.options},
+            "method": {"name": self.method.name, **self.method.options},
+            "train": dataclasses.asdict(self.train),
+            "out": self.out,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        """Validate and build from the TOML-shaped dict (unknown keys and wrong types raise)."""
+        top = {"data", "model", "method", "train", "out", "name"}
+        for k in d:
+            if k not in top:
+                raise OnebitError(f"unknown config key {k!r}; accepted: {', '.join(sorted(top))}.")
+        cfg = cls(
+            data=_dataclass_from(DataConfig, d.get("data", {}), "data"),
+            train=_dataclass_from(TrainConfig, d.get("train", {}), "train"),
+            out=_check("out", d.get("out", "runs"), str),
+            name=_check("name", d.get("name", "run"), str),
+        )
+        model = dict(d.get("model", {}))
+        cfg.model = ModelConfig(_check("model.name", model.pop("name", "mlp"), str), model)
+        _check_model_options(cfg.model)
+        method = dict(d.get("method", {}))
+        cfg.method = MethodConfig(_check("method.name", method.pop("name", "bc"), str), method)
+        build_method(cfg.method)  # validates
+        for (section, key), allowed in CHOICES.items():
+            value = getattr(getattr(cfg, section), key)
+            if value not in allowed:
+                raise OnebitError(
+                    f"{section}.{key} = {value!r} is not accepted; choose one of {', '.join(allowed)}."
+                )
+        return cfg
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _check(key: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` if it fits annotation ``tp`` (ints are accepted for floats), else raise."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check(key, value, a)
+            except OnebitError:
+                pass
+        raise OnebitError(f"{key} must be {_pretty(tp)}, got {value!r}.")
+    if origin in (list, tuple, Sequence) or tp in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise OnebitError(f"{key} must be a list, got {value!r}.")
+        (inner,) = typing.get_args(tp)[:1] or (Any,)
+        return [_check(key, v, inner) for v in value]
+    if tp is Any or tp is inspect.Parameter.empty:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool):
+        raise OnebitError(f"{key} must be int, got {value!r}.")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise OnebitError(f"{key} must be {_type_name(tp)}, got {value!r}.")
+    return value
+
+
+def _pretty(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if args:
+        return " or ".join("none" if a is type(None) else _pretty(a) for a in args)
+    return _type_name(tp)
+
+
+def _dataclass_from(cls: type, values: dict[str, Any], section: str) -> Any:
+    if not isinstance(values, dict):
+        raise OnebitError(f"[{section}] must be a table of keys, got {values!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    out = {}
+    for k, v in values.items():
+        if k not in fields:
+            raise OnebitError(f"unknown key {section}.{k}; accepted: {', '.join(sorted(fields))}.")
+        out[k] = _check(f"{section}.{k}", v, hints[k])
+    return cls(**out)
+
+
+def _check_model_options(model: ModelConfig) -> None:
+    accepted = model_options(model.name)
+    hints = typing.get_type_hints(MODELS[model.name])
+    for k, v in model.options.items():
+        if k not in accepted:
+            raise OnebitError(
+                f"unknown key model.{k} for model {model.name!r}; accepted: "
+                f"name, {', '.join(accepted)}."
+            )
+        model.options[k] = _check(f"model.{k}", v, hints.get(k, Any))
+
+
+def build_method(mc: MethodConfig) -> Method:
+    """The method instance a ``[method]`` table describes (options checked against its fields)."""
+    cls = method_class(mc.name)
+    try:
+        return _dataclass_from(cls, mc.options, "method")
+    except OnebitError as e:
+        if "unknown key" in str(e):
+            fields = ", ".join(sorted(f.name for f in dataclasses.fields(cls)))
+            bad = str(e).split()[2].rstrip(";")
+            raise OnebitError(
+                f"unknown key {bad} for method {mc.name!r}; accepted: name, {fields}."
+            ) from None
+        raise
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value (``0.1``, ``true``, ``[1, 2]``, ``"x"``), or the bare text as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a TOML-shaped dict (returns a new dict)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise OnebitError(f"--set expects section.key=value, got {item!r}.")
+        *sections, leaf = key.strip().split(".")
+        node = out
+        for s in sections:
+            node = node.setdefault(s, {})
+            if not isinstance(node, dict):
+                raise OnebitError(f"--set {key}: {s} is not a table.")
+        node[leaf] = _parse_value(text.strip())
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a TOML config (None: all defaults), apply overrides, validate."""
+    d: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise OnebitError(f"config file {p} does not exist.")
+        try:
+            d = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise OnebitError(f"config file {p} is not valid TOML ({e}).") from None
+        d.setdefault("name", p.stem)
+    return Config.from_dict(apply_overrides(d, overrides or []))

@@ -1,0 +1,227 @@
+"""Binarized layers: subclasses of the torch layers whose ``weight`` stays the latent float weight.
+
+Forward (training): ``y = layer(a(x), alpha * q(w))`` where ``q`` is the method's weight quantizer
+(carrying its backward rule), ``alpha = scale(w, rule)`` (detached) and ``a`` the optional activation
+binarizer. Forward (eval): the same with ``q.hard(w) = sign(w)``, so evaluation always measures the
+hard-binarized model a user deploys. With ``binary = False`` the layer acts as its float parent
+(used by layer-by-layer schedules).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from onebit.quantizers import scale
+
+__all__ = ["BinaryConv2d", "BinaryLayer", "BinaryLinear", "WeightQuantizer", "is_binary_layer"]
+
+
+class WeightQuantizer(Protocol):
+    """What a layer needs from a weight quantizer: a training forward and a hard (deployed) one.
+
+    ``buf`` is an optional one-element list with a weight-shaped tensor the quantizer may write
+    its result into instead of allocating (quantizers free to ignore it).
+    """
+
+    def __call__(self, w: Tensor, buf: list[Tensor] | None = None) -> Tensor: ...
+
+    def hard(self, w: Tensor) -> Tensor: ...
+
+
+class BinaryLayer:
+    """Shared behaviour of the binarized layers (a mixin over ``nn.Linear`` / ``nn.Conv2d``)."""
+
+    weight: nn.Parameter
+    training: bool
+    quantizer: WeightQuantizer
+    scale_rule: str
+    act: Callable[[Tensor], Tensor] | None
+    binary: bool
+
+    def _init_binary(
+        self,
+        quantizer: WeightQuantizer,
+        scale_rule: str = "none",
+        act: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        self.quantizer = quantizer
+        self.scale_rule = scale_rule
+        self.act = act
+        self.binary = True
+
+    def alpha(self) -> Tensor:
+        """The scale of the binary weight (detached): scalar or one per output channel."""
+        return scale(self.weight, self.scale_rule)
+
+    def forward_weight(self, hard: bool | None = None) -> Tensor:
+        """The weight the forward pass uses: ``alpha * q(w)`` (training) or ``alpha * sign(w)``."""
+        w = self.weight
+        if not self.binary:
+            return w
+        hard = (not self.training) if hard is None else hard
+        wb = self.quantizer.hard(w) if hard else self.quantizer(w, self._buffer_for(w))
+        if self.scale_rule == "none":  # skip a useless multiply on the hot path
+            return wb
+        return wb * self.alpha()
+
+    def _buffer_for(self, w: Tensor) -> list[Tensor]:
+        # A per-layer tensor the training forward weight is written into (see SignSTE); not a
+        # registered buffer, so it is neither saved nor moved by .to() (re-created on mismatch).
+        buf = self.__dict__.get("_wb_buf")
+        if (
+            buf is None
+            or buf[0].shape != w.shape
+            or buf[0].dtype != w.dtype
+            or buf[0].device != w.device
+        ):
+            buf = [torch.empty_like(w, requires_grad=False, memory_format=torch.preserve_format)]
+            self.__dict__["_wb_buf"] = buf
+        return buf
+
+    def forward_input(self, x: Tensor) -> Tensor:
+        """Binarize the input activations when the layer has an activation binarizer."""
+        if self.act is None or not self.binary:
+            return x
+        return self.act(x)
+
+    def binary_extra_repr(self) -> str:
+        """Extra text for ``repr``."""
+        act = type(self.act).__name__ if self.act is not None else None
+        return f"quantizer={type(self.quantizer).__name__}, scale={self.scale_rule}, act={act}"
+
+
+class BinaryLinear(BinaryLayer, nn.Linear):
+    """``nn.Linear`` with binary weights ``alpha * q(w)`` and optionally binary inputs."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        quantizer: WeightQuantizer,
+        scale_rule: str = "none",
+        act: Callable[[Tensor], Tensor] | None = None,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self._init_binary(quantizer, scale_rule, act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.forward_input(x), self.forward_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self.binary_extra_repr()}"
+
+
+class BinaryConv2d(BinaryLayer, nn.Conv2d):
+    """``nn.Conv2d`` with binary weights ``alpha * q(w)`` and optionally binary inputs."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        quantizer: WeightQuantizer,
+        scale_rule: str = "none",
+        act: Callable[[Tensor], Tensor] | None = None,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
+        )
+        self._init_binary(quantizer, scale_rule, act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.forward_input(x), self.forward_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self.binary_extra_repr()}"
+
+
+def is_binary_layer(m: nn.Module) -> bool:
+    """True for onebit's binarized layers."""
+    return isinstance(m, BinaryLayer)
+
+
+def binary_from_float(
+    m: nn.Module,
+    quantizer: WeightQuantizer,
+    scale_rule: str,
+    act: Callable[[Tensor], Tensor] | None,
+) -> BinaryLinear | BinaryConv2d:
+    """A binarized copy of ``m`` (``nn.Linear`` or ``nn.Conv2d``) that shares its parameters."""
+    kw = {"quantizer": quantizer, "scale_rule": scale_rule, "act": act}
+    with torch.device("meta"):  # no allocation: the parameters are replaced by m's below
+        if isinstance(m, nn.Linear):
+            new: BinaryLinear | BinaryConv2d = BinaryLinear(
+                m.in_features, m.out_features, m.bias is not None, **kw
+            )
+        elif isinstance(m, nn.Conv2d):
+            new = BinaryConv2d(
+                m.in_channels,
+                m.out_channels,
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.dilation,
+                m.groups,
+                m.bias is not None,
+                m.padding_mode,
+                **kw,
+            )
+        else:
+            raise TypeError(f"cannot binarize {type(m).__name__}")
+    new.weight = m.weight
+    new.bias = m.bias
+    new.train(m.training)
+    return new
+
+
+def float_from_binary(m: BinaryLinear | BinaryConv2d) -> nn.Linear | nn.Conv2d:
+    """The plain torch layer sharing the parameters of binarized layer ``m``."""
+    with torch.device("meta"):
+        if isinstance(m, BinaryLinear):
+            new: nn.Linear | nn.Conv2d = nn.Linear(
+                m.in_features, m.out_features, m.bias is not None
+            )
+        else:
+            new = nn.Conv2d(
+                m.in_channels,
+                m.out_channels,
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.dilation,
+                m.groups,
+                m.bias is not None,
+                m.padding_mode,
+            )
+    new.weight = m.weight
+    new.bias = m.bias
+    new.train(m.training)
+    return new

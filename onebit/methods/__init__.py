@@ -1,0 +1,35 @@
+"""Binarization methods, one file each, registered by name in ``METHODS``."""
+
+from __future__ import annotations
+
+from onebit.errors import OnebitError
+from onebit.methods.base import Method, clip_latent_
+from onebit.methods.bc import BinaryConnect
+from onebit.methods.bnn import BNN
+from onebit.methods.bwn import BWN
+from onebit.methods.fp import FullPrecision
+from onebit.methods.xnor import XNORNet
+
+__all__ = [
+    "BNN",
+    "BWN",
+    "METHODS",
+    "BinaryConnect",
+    "FullPrecision",
+    "Method",
+    "XNORNet",
+    "clip_latent_",
+    "method_class",
+]
+
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (FullPrecision, BinaryConnect, BWN, BNN, XNORNet)
+}
+
+
+def method_class(name: str) -> type[Method]:
+    """The method class registered as ``name``."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise OnebitError(f"unknown method {name!r}; accepted: {', '.join(METHODS)}.") from None

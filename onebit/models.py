@@ -1,0 +1,264 @@
+"""Reference networks for the experiments, and a registry ``MODELS: name -> builder``.
+
+Every builder takes ``in_shape`` (C, H, W) and ``num_classes`` plus its own keyword options, and
+returns a plain torch model (float layers); ``onebit.binarize_`` turns chosen layers binary.
+``act`` selects the hidden nonlinearity: ``relu`` for float or weight-only nets; ``hardtanh`` for
+nets whose activations a method binarizes (``sign(relu(x))`` would be constantly +1).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from onebit.errors import OnebitError
+
+__all__ = [
+    "MODELS",
+    "build",
+    "mlp",
+    "model_options",
+    "resnet18",
+    "resnet20",
+    "small_cnn",
+    "vgg_small",
+]
+
+ACTS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "hardtanh": nn.Hardtanh,
+    "identity": nn.Identity,
+}
+
+
+def _act(name: str) -> nn.Module:
+    try:
+        return ACTS[name]()
+    except KeyError:
+        raise OnebitError(f"unknown activation {name!r}; accepted: {', '.join(ACTS)}.") from None
+
+
+def mlp(
+    in_shape: Sequence[int] = (1, 28, 28),
+    num_classes: int = 10,
+    hidden: Sequence[int] = (2048, 2048, 2048),
+    bn: bool = True,
+    bn_logits: bool = False,
+    act: str = "relu",
+    dropout: float = 0.0,
+    bn_eps: float = 1e-4,
+) -> nn.Sequential:
+    """Multilayer perceptron ``in -> hidden... -> num_classes`` on flattened inputs.
+
+    Each hidden block is Linear -> BatchNorm1d (when ``bn``) -> ``act`` -> Dropout. With
+    ``bn_logits`` a BatchNorm1d follows the output layer, as in BinaryConnect's and LAB's code.
+    Linear layers followed by BatchNorm carry no bias (BatchNorm's shift replaces it).
+    """
+    widths = [math.prod(in_shape), *hidden]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for a, b in itertools.pairwise(widths):
+        layers.append(nn.Linear(a, b, bias=not bn))
+        if bn:
+            layers.append(nn.BatchNorm1d(b, eps=bn_eps))
+        layers.append(_act(act))
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(widths[-1], num_classes, bias=not bn_logits))
+    if bn_logits:
+        layers.append(nn.BatchNorm1d(num_classes, eps=bn_eps))
+    return nn.Sequential(*layers)
+
+
+def _conv_bn(cin: int, cout: int, act: str, stride: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        _act(act),
+    ]
+
+
+def small_cnn(
+    in_shape: Sequence[int] = (1, 28, 28),
+    num_classes: int = 10,
+    channels: Sequence[int] = (32, 64),
+    hidden: int = 256,
+    act: str = "relu",
+    bn_logits: bool = False,
+) -> nn.Sequential:
+    """Small CNN: [conv3x3-BN-act, conv3x3-BN-act, maxpool2] per width, then FC-BN-act-FC."""
+    c, h, w = in_shape
+    layers: list[nn.Module] = []
+    for width in channels:
+        layers += _conv_bn(c, width, act) + _conv_bn(width, width, act) + [nn.MaxPool2d(2)]
+        c, h, w = width, h // 2, w // 2
+    layers += [
+        nn.Flatten(),
+        nn.Linear(c * h * w, hidden, bias=False),
+        nn.BatchNorm1d(hidden),
+        _act(act),
+        nn.Linear(hidden, num_classes, bias=not bn_logits),
+    ]
+    if bn_logits:
+        layers.append(nn.BatchNorm1d(num_classes))
+    return nn.Sequential(*layers)
+
+
+def vgg_small(
+    in_shape: Sequence[int] = (3, 32, 32),
+    num_classes: int = 10,
+    width: int = 128,
+    act: str = "relu",
+    bn_logits: bool = False,
+) -> nn.Sequential:
+    """VGG-small (as in LQ-Nets/BinaryConnect's CIFAR net): 2x(w) - M - 2x(2w) - M - 2x(4w) - M - FC."""
+    c, h, _ = in_shape
+    layers: list[nn.Module] = []
+    for out in (width, width, 2 * width, 2 * width, 4 * width, 4 * width):
+        layers += _conv_bn(c, out, act)
+        if out == c:  # second conv of each pair is followed by pooling
+            layers.append(nn.MaxPool2d(2))
+            h //= 2
+        c = out
+    layers += [nn.Flatten(), nn.Linear(c * h * h, num_classes, bias=not bn_logits)]
+    if bn_logits:
+        layers.append(nn.BatchNorm1d(num_classes))
+    return nn.Sequential(*layers)
+
+
+class _ShortcutA(nn.Module):
+    """Parameter-free ResNet shortcut (option A): subsample and zero-pad channels."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.stride, self.pad = stride, cout - cin
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv-BN-act-conv-BN + shortcut, then act."""
+
+    def __init__(self, cin: int, cout: int, stride: int, act: str, shortcut: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.act1 = _act(act)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.act2 = _act(act)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            if shortcut == "A":
+                self.shortcut = _ShortcutA(cin, cout, stride)
+            else:
+                self.shortcut = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+                )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act2(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet (He et al. 2016): a 3x3 stem, stages of basic blocks, pool, linear."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        num_classes: int,
+        widths: Sequence[int],
+        blocks: Sequence[int],
+        act: str,
+        shortcut: str,
+        bn_logits: bool,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_shape[0], widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.act1 = _act(act)
+        stages, cin = [], widths[0]
+        for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                stages.append(BasicBlock(cin, w, stride, act, shortcut))
+                cin = w
+        self.layers = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes, bias=not bn_logits)
+        self.bn_out = nn.BatchNorm1d(num_classes) if bn_logits else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layers(self.act1(self.bn1(self.conv1(x))))
+        return self.bn_out(self.fc(torch.flatten(self.pool(x), 1)))
+
+
+def resnet20(
+    in_shape: Sequence[int] = (3, 32, 32),
+    num_classes: int = 10,
+    width: int = 16,
+    act: str = "relu",
+    shortcut: str = "A",
+    bn_logits: bool = False,
+) -> ResNet:
+    """ResNet-20 for 32x32 inputs: 3 stages of 3 blocks, widths 16-32-64 (0.27 M parameters)."""
+    return ResNet(
+        in_shape, num_classes, (width, 2 * width, 4 * width), (3, 3, 3), act, shortcut, bn_logits
+    )
+
+
+def resnet18(
+    in_shape: Sequence[int] = (3, 32, 32),
+    num_classes: int = 10,
+    width: int = 64,
+    act: str = "relu",
+    bn_logits: bool = False,
+) -> ResNet:
+    """ResNet-18 for 32x32 inputs: 4 stages of 2 blocks, widths 64-128-256-512, 1x1 shortcuts."""
+    widths = (width, 2 * width, 4 * width, 8 * width)
+    return ResNet(in_shape, num_classes, widths, (2, 2, 2, 2), act, "B", bn_logits)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp,
+    "small_cnn": small_cnn,
+    "vgg_small": vgg_small,
+    "resnet20": resnet20,
+    "resnet18": resnet18,
+}
+
+
+def model_options(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword options of model ``name`` (besides ``in_shape`` and ``num_classes``)."""
+    params = inspect.signature(_builder(name)).parameters
+    return {k: p for k, p in params.items() if k not in ("in_shape", "num_classes")}
+
+
+def _builder(name: str) -> Callable[..., nn.Module]:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise OnebitError(f"unknown model {name!r}; accepted: {', '.join(MODELS)}.") from None
+
+
+def build(
+    name: str, in_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10, **options: object
+) -> nn.Module:
+    """Build model ``name`` from the registry with its keyword ``options``."""
+    builder = _builder(name)
+    accepted = model_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise OnebitError(
+            f"model {name!r} has no option {unknown[0]!r}; accepted: {', '.join(accepted)}."
+        )
+    return builder(in_shape=tuple(in_shape), num_classes=num_classes, **options)

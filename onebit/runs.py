@@ -1,0 +1,220 @@
+"""A run end to end from a Config: data, model, method, training, and the run folder it leaves.
+
+A run folder holds ``config.json`` (the validated config, seed included), ``env.json`` (provenance:
+commit, torch version, machine, threads, date), ``metrics.jsonl`` (one line per epoch), ``last.pt``
+(full checkpoint), ``best.pt`` (weights at the best validation epoch) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from onebit.config import Config, build_method
+from onebit.convert import binarize_, summary
+from onebit.data import Dataset, load_dataset
+from onebit.errors import OnebitError
+from onebit.methods import Method
+from onebit.models import build, model_options
+from onebit.train import History, load_checkpoint, load_model_state, seed_everything, train
+
+__all__ = [
+    "RunResult",
+    "build_model",
+    "environment",
+    "load_data",
+    "load_run",
+    "run",
+    "size_report",
+]
+
+
+@dataclass
+class RunResult:
+    """What one run produced."""
+
+    run_dir: Path | None
+    method: str
+    seed: int
+    history: History
+    size: dict[str, int]
+
+    def row(self) -> dict[str, Any]:
+        """One flat table row: method, seed, accuracies, parameters and size."""
+        return {"method": self.method, "seed": self.seed, **self.history.summary(), **self.size}
+
+
+def load_data(cfg: Config, progress: bool = False) -> Dataset:
+    """The dataset a config names (augmentation override applied)."""
+    data = load_dataset(
+        cfg.data.name,
+        cfg.data.root,
+        val_size=cfg.data.val_size,
+        path=cfg.data.path,
+        progress=progress,
+    )
+    if cfg.data.augment is not None:
+        data.augment = cfg.data.augment
+    return data
+
+
+def build_model(
+    cfg: Config, data_shape: tuple[int, ...], num_classes: int
+) -> tuple[nn.Module, Method]:
+    """The configured model, binarized by the configured method (weights from the current seed)."""
+    method = build_method(cfg.method)
+    options = dict(cfg.model.options)
+    if "act" in model_options(cfg.model.name) and "act" not in options:
+        options["act"] = method.hidden_activation()
+    model = build(cfg.model.name, data_shape, num_classes, **options)
+    binarize_(model, method)
+    return model, method
+
+
+def size_report(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, int]:
+    """Binary and float parameters, and the deployed size in bytes (1 bit per binary weight)."""
+    rows = summary(model, torch.zeros(1, *in_shape))
+    return {
+        "binary_params": sum(r.binary_params for r in rows),
+        "float_params": sum(r.float_params for r in rows),
+        "size_bytes": (sum(r.bits for r in rows) + 7) // 8,
+        "float_size_bytes": 4 * sum(r.binary_params + r.float_params for r in rows),
+        "binary_macs": sum(r.binary_macs for r in rows),
+        "float_macs": sum(r.float_macs for r in rows),
+    }
+
+
+def _git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        commit = out.stdout.strip() or "unknown"
+        return commit + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """Provenance of a result: commit, versions, machine, threads, date."""
+    return {
+        "commit": _git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": f"{_cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
+        "threads": torch.get_num_threads(),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def new_run_dir(cfg: Config, seed: int) -> Path:
+    """``<out>/<name>/<method>-s<seed>-<UTC time>``: a fresh folder name for one run."""
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.out) / cfg.name / f"{cfg.method.name}-s{seed}-{stamp}"
+
+
+def run(
+    cfg: Config,
+    seed: int | None = None,
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    data: Dataset | None = None,
+) -> RunResult:
+    """Train one configured run (``seed`` overrides ``cfg.train.seed``) and describe its result."""
+    cfg = copy.deepcopy(cfg)
+    if seed is not None:
+        cfg.train.seed = seed
+    data = data if data is not None else load_data(cfg, progress)
+    seed_everything(cfg.train.seed)
+    model, method = build_model(cfg, data.input_shape, data.num_classes)
+    out = Path(run_dir) if run_dir is not None else None
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if out is not None and is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume and (out / "config.json").exists():
+            saved = json.loads((out / "config.json").read_text())
+            if saved != cfg.to_dict():
+                raise OnebitError(
+                    f"{out} was trained with another config; resume it without --set."
+                )
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (out / "env.json").write_text(json.dumps(environment(), indent=2) + "\n")
+    history = train(
+        model,
+        method,
+        data,
+        cfg.train,
+        run_dir=out,
+        resume=resume,
+        progress=progress,
+        extra_state={
+            "config": cfg.to_dict(),
+            "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes,
+        },
+    )
+    size = size_report(model, data.input_shape)
+    result = RunResult(out, cfg.method.name, cfg.train.seed, history, size)
+    if out is not None and is_main:
+        (out / "summary.json").write_text(json.dumps(result.row(), indent=2) + "\n")
+    return result
+
+
+def load_run(
+    path: str | Path, which: str = "best"
+) -> tuple[Config, nn.Module, Method, dict[str, Any]]:
+    """Rebuild the model of a run folder (or checkpoint file) and load its weights.
+
+    Args:
+        path: a run folder, or a ``.pt`` checkpoint written by onebit.
+        which: ``best`` (weights at the best validation epoch) or ``last``, for folders.
+    """
+    p = Path(path)
+    ckpt = p / f"{which}.pt" if p.is_dir() else p
+    if p.is_dir() and not ckpt.exists():
+        raise OnebitError(f"{p} holds no {which}.pt; is it a onebit run folder?")
+    state = load_checkpoint(ckpt)
+    try:
+        cfg = Config.from_dict(state["config"])
+    except (KeyError, OnebitError) as e:
+        raise OnebitError(f"{ckpt} carries no usable config ({e}).") from None
+    try:
+        shape, classes = tuple(state["input_shape"]), int(state["num_classes"])
+    except KeyError:
+        raise OnebitError(
+            f"{ckpt} does not say its input shape; was it written by onebit?"
+        ) from None
+    model, method = build_model(cfg, shape, classes)
+    load_model_state(model, state["model"], str(ckpt))
+    return cfg, model, method, state
