@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. train.lr=0.01 or model.hidden=[1024,1024]",
     )
     t.add_argument("--seeds", type=int, nargs="+", metavar="N", help="train once per seed")
+    t.add_argument(
+        "--methods",
+        metavar="A,B,...",
+        help="train each of these methods under the same config (their options reset to defaults)",
+    )
     t.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN")
     t.add_argument("--twin", action="store_true", help="also train the full-precision twin")
     t.add_argument("--out", metavar="DIR", help="runs folder (default: runs)")
@@ -118,10 +123,15 @@ def _train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             raise OnebitError("give a config file (e.g. configs/fmnist_mlp.toml) or --resume RUN.")
         cfg = load_config(args.config, overrides)
         seeds = args.seeds or [cfg.train.seed]
-        cfgs = [cfg]
-        if args.twin and cfg.method.name != "fp":
-            twin = Config.from_dict({**cfg.to_dict(), "method": {"name": "fp"}})
-            cfgs.append(twin)
+        names = args.methods.split(",") if args.methods else [cfg.method.name]
+        if args.twin and "fp" not in names:
+            names.append("fp")
+        cfgs = [
+            cfg
+            if n == cfg.method.name
+            else Config.from_dict({**cfg.to_dict(), "method": {"name": n}})
+            for n in names
+        ]
         jobs = [(c, s, new_run_dir(c, s), False) for c in cfgs for s in seeds]
     data = load_data(jobs[0][0], progress=not args.no_progress)
     rows, run_dirs = [], []
