@@ -60,11 +60,11 @@ def binarize_(
     kl = method.keep_last if keep_last is None else keep_last
     layers = binarizable_layers(model)
     for i, (name, m) in enumerate(layers):
-        if isinstance(m, BinaryLinear | BinaryConv2d):
+        if isinstance(m, BinaryLinear | BinaryConv2d):  # re-binarizing: start from the float layer
             m = float_from_binary(m)
-        if (i == 0 and kf) or (i == len(layers) - 1 and kl):
-            continue
-        if filter_fn is not None and not filter_fn(name, m):
+        keep = (i == 0 and kf) or (i == len(layers) - 1 and kl)
+        if keep or (filter_fn is not None and not filter_fn(name, m)):
+            _set_submodule(model, name, m)
             continue
         act = method.activation_quantizer() if i > 0 else None
         _set_submodule(model, name, binary_from_float(m, quantizer, method.scale_rule, act))

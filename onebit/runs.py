@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -94,7 +95,9 @@ def size_report(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, int]:
     }
 
 
+@functools.cache
 def _git_commit() -> str:
+    # Once per process: the code a process runs is the code it imported, whatever happens later.
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny synthetic datasets (no files, no network)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from onebit.data import Dataset, Split
+
+
+def blobs(n: int, shape: tuple[int, ...], classes: int, seed: int, noise: float = 0.6) -> Split:
+    """Gaussian class prototypes plus noise: an easy, learnable task."""
+    g = torch.Generator().manual_seed(1234)  # the same prototypes for every split
+    protos = torch.randn(classes, *shape, generator=g)
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = protos[y] + noise * torch.randn(n, *shape, generator=g)
+    return Split(x.float(), y)
+
+
+def tiny_dataset(
+    shape: tuple[int, ...] = (1, 8, 8), classes: int = 4, n_train: int = 256, seed: int = 0
+) -> Dataset:
+    """A learnable synthetic dataset with float inputs (mean 0, std 1: no normalization)."""
+    c = shape[0] if len(shape) == 3 else shape[0]
+    ones = (1.0,) * c
+    return Dataset(
+        name="npz",
+        train=blobs(n_train, shape, classes, seed),
+        val=blobs(64, shape, classes, seed + 1),
+        test=blobs(64, shape, classes, seed + 2),
+        num_classes=classes,
+        input_shape=shape,
+        mean=(0.0,) * c,
+        std=ones,
+    )
+
+
+def write_npz(path, shape=(1, 8, 8), classes=4, n=256, seed=0) -> str:
+    """The tiny dataset as a generic .npz with x/y and x_test/y_test."""
+    tr = blobs(n, shape, classes, seed)
+    te = blobs(64, shape, classes, seed + 2)
+    np.savez(path, x=tr.x.numpy(), y=tr.y.numpy(), x_test=te.x.numpy(), y_test=te.y.numpy())
+    return str(path)
+
+
+@pytest.fixture
+def tiny() -> Dataset:
+    return tiny_dataset()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tests are small: one thread avoids oversubscription when the suite runs beside other work.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
