@@ -23,7 +23,7 @@ def tiny_dataset(
     shape: tuple[int, ...] = (1, 8, 8), classes: int = 4, n_train: int = 256, seed: int = 0
 ) -> Dataset:
     """A learnable synthetic dataset with float inputs (mean 0, std 1: no normalization)."""
-    c = shape[0] if len(shape) == 3 else shape[0]
+    c = shape[0]  # channels, or features for flat data
     ones = (1.0,) * c
     return Dataset(
         name="npz",
