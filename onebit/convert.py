@@ -67,7 +67,9 @@ def binarize_(
             _set_submodule(model, name, m)
             continue
         act = method.activation_quantizer() if i > 0 else None
-        _set_submodule(model, name, binary_from_float(m, quantizer, method.scale_rule, act))
+        new = binary_from_float(m, quantizer, method.scale_rule, act)
+        method.init_latent_(new)
+        _set_submodule(model, name, new)
     return model
 
 

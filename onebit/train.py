@@ -108,11 +108,20 @@ def lr_at(epoch: int, cfg: TrainConfig) -> float:
     return cfg.lr
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov, L2) or Adam over all parameters, as the recipe says."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(
+    model: nn.Module, cfg: TrainConfig, groups: list[dict[str, Any]] | None = None
+) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov, L2) or Adam, as the recipe says, over ``groups`` (default: all).
+
+    A group may carry ``lr_scale``: ``train`` sets its rate to ``lr_scale * lr_at(epoch)``.
+    """
+    params = groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     # The fused kernels are several times faster than the default for-each path on CPU and GPU.
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    fused = all(
+        p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
+        for g in params
+        for p in g["params"]
+    )
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params,
@@ -289,7 +298,9 @@ def train(
     channels_last = cfg.channels_last and _has_conv(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    opt = method.make_optimizer(model, cfg) or make_optimizer(model, cfg)
+    opt = method.make_optimizer(model, cfg) or make_optimizer(
+        model, cfg, method.param_groups(model)
+    )
     history = History()
     start = 0
     out = Path(run_dir) if run_dir is not None else None
@@ -316,7 +327,7 @@ def train(
         t0 = time.perf_counter()
         lr = lr_at(epoch, cfg)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         method.on_epoch_start(model, epoch, cfg.epochs)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         model.train()

@@ -84,6 +84,13 @@ class Method:
         """An optimizer the method carries (LAB, ProxQuant...), or None for the config's."""
         return None
 
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Parameter groups for the config's optimizer; a group's ``lr_scale`` multiplies its rate."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def init_latent_(self, layer: nn.Module) -> None:
+        """Re-initialize a freshly binarized layer's latent weight (default: keep torch's init)."""
+
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
         """Hook before each epoch: methods whose quantizers change with progress update them."""
 

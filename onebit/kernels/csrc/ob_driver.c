@@ -1,0 +1,494 @@
+/*
+ * Run-time dispatch and OpenMP work splitting.  Nothing here depends on Python.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "ob_kernels.h"
+
+/* ------------------------------------------------------------------ memory */
+
+void *ob_alloc(size_t bytes) {
+    void *p = NULL;
+    size_t sz = (bytes + 63) & ~(size_t)63;
+    if (sz == 0) sz = 64;
+    if (posix_memalign(&p, 64, sz) != 0) return NULL;
+    return p;
+}
+
+void ob_free(void *p) { free(p); }
+
+/* ------------------------------------------------------------- ISA selection */
+
+static const char *const k_isa_names[OB_ISA_COUNT] = {"generic", "avx2", "avx512"};
+
+static const ob_isa_table *isa_table(int isa) {
+#if OB_X86
+    if (isa == OB_ISA_AVX512) return &ob_avx512_table;
+    if (isa == OB_ISA_AVX2) return &ob_avx2_table;
+#endif
+    (void)isa;
+    return &ob_generic_table;
+}
+
+int ob_isa_supported(int isa) {
+    if (isa == OB_ISA_GENERIC) return 1;
+#if OB_X86 && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                     __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("bmi2");
+    if (isa == OB_ISA_AVX2) return avx2;
+    if (isa == OB_ISA_AVX512) {
+        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512vpopcntdq");
+    }
+#endif
+    return 0;
+}
+
+static int g_isa = -1;
+static int g_threads = 0;
+
+static int best_isa(void) {
+    for (int isa = OB_ISA_COUNT - 1; isa > 0; isa--) {
+        if (ob_isa_supported(isa)) return isa;
+    }
+    return OB_ISA_GENERIC;
+}
+
+int ob_get_isa(void) {
+    if (g_isa < 0) g_isa = best_isa();
+    return g_isa;
+}
+
+int ob_set_isa(int isa) {
+    if (isa < 0) {
+        g_isa = best_isa();
+        return 0;
+    }
+    if (isa >= OB_ISA_COUNT || !ob_isa_supported(isa)) return -1;
+    g_isa = isa;
+    return 0;
+}
+
+const char *ob_isa_name(int isa) {
+    return (isa >= 0 && isa < OB_ISA_COUNT) ? k_isa_names[isa] : "unknown";
+}
+
+static const ob_isa_table *current(void) { return isa_table(ob_get_isa()); }
+
+/* ------------------------------------------------------------------ threads */
+
+void ob_set_num_threads(int n) { g_threads = n > 0 ? n : 0; }
+
+int ob_get_num_threads(void) {
+    if (g_threads > 0) return g_threads;
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* Threads for a call: the per-call request (>0) or the global setting, reduced so that
+ * each thread gets at least `min_per_thread` units of `work`. */
+static int resolve_threads(int requested, double work, double min_per_thread) {
+    int t = requested > 0 ? requested : ob_get_num_threads();
+#ifndef _OPENMP
+    t = 1;
+#endif
+    const double cap = work / min_per_thread;
+    if (cap < (double)t) t = cap < 1.0 ? 1 : (int)cap;
+    return t < 1 ? 1 : t;
+}
+
+typedef int (*range_fn)(const void *ctx, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+
+static void split(int64_t units, int64_t unit, int64_t total, int parts, int idx, int64_t *lo,
+                  int64_t *hi) {
+    const int64_t a = units * idx / parts;
+    const int64_t b = units * (idx + 1) / parts;
+    *lo = ob_min64(a * unit, total);
+    *hi = ob_min64(b * unit, total);
+}
+
+/* Split [0, M) x [0, N) over up to `threads` threads.  N is split first (in units of nu
+ * columns) because B/W panels are repacked per thread; M (units of mu rows) only when N
+ * has fewer units than threads. */
+static int run_2d(int threads, int64_t M, int64_t N, int64_t mu, int64_t nu, range_fn fn,
+                  const void *ctx) {
+    if (M <= 0 || N <= 0) return 0;
+    const int64_t mun = ob_ceil_div(M, mu);
+    const int64_t nun = ob_ceil_div(N, nu);
+    if ((int64_t)threads > mun * nun) threads = (int)(mun * nun);
+    if (threads <= 1) return fn(ctx, 0, M, 0, N);
+    int err = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) reduction(| : err)
+    {
+        const int nt = omp_get_num_threads();
+        const int id = omp_get_thread_num();
+        const int tn = (int64_t)nt <= nun ? nt : (int)nun;
+        int tm = nt / tn;
+        if ((int64_t)tm > mun) tm = (int)mun;
+        if (id < tn * tm) {
+            int64_t m0, m1, n0, n1;
+            split(nun, nu, N, tn, id % tn, &n0, &n1);
+            split(mun, mu, M, tm, id / tn, &m0, &m1);
+            if (m0 < m1 && n0 < n1) err |= fn(ctx, m0, m1, n0, n1);
+        }
+    }
+#else
+    err = fn(ctx, 0, M, 0, N);
+#endif
+    return err;
+}
+
+/* ------------------------------------------------------------------ pack_bits */
+
+typedef struct {
+    const ob_isa_table *t;
+    const float *x;
+    uint64_t *out;
+    int64_t K, Kw;
+} pack_ctx;
+
+static int pack_range(const void *vctx, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const pack_ctx *c = (const pack_ctx *)vctx;
+    (void)n0;
+    (void)n1;
+    c->t->pack_bits(c->x + m0 * c->K, c->K, c->out + m0 * c->Kw, c->Kw, m1 - m0, c->K);
+    return 0;
+}
+
+int ob_pack_bits(const float *x, uint64_t *out, int64_t M, int64_t K, int threads) {
+    if (M <= 0 || K <= 0) return 0;
+    pack_ctx c = {current(), x, out, K, ob_ceil_div(K, 64)};
+    const int t = resolve_threads(threads, (double)M * (double)K, 1 << 16);
+    return run_2d(t, M, 1, 1, 1, pack_range, &c);
+}
+
+/* ------------------------------------------------------------------ xnor_gemm */
+
+typedef struct {
+    const ob_isa_table *t;
+    ob_xnor_args a;
+} xnor_ctx;
+
+static int xnor_range(const void *vctx, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const xnor_ctx *c = (const xnor_ctx *)vctx;
+    return c->t->xnor(&c->a, m0, m1, n0, n1);
+}
+
+static int run_xnor(const ob_xnor_args *a, int64_t M, int64_t N, int threads) {
+    xnor_ctx c = {current(), *a};
+    const int t = resolve_threads(threads, (double)M * (double)N * (double)a->Kw, 1 << 15);
+    return run_2d(t, M, N, 8, c.t->xnor_nb, xnor_range, &c);
+}
+
+/* Returns a copy of the (rows, Kw) bit matrix with the padding bits of the last word
+ * cleared, or NULL in *copy when the padding is already clean. -1 on allocation failure. */
+static int clean_padding(const uint64_t *src, int64_t rows, int64_t Kw, int64_t K,
+                         uint64_t **copy) {
+    *copy = NULL;
+    if (K % 64 == 0 || Kw == 0) return 0;
+    const uint64_t mask = (UINT64_C(1) << (K % 64)) - 1;
+    int dirty = 0;
+    for (int64_t r = 0; r < rows && !dirty; r++) dirty = (src[r * Kw + Kw - 1] & ~mask) != 0;
+    if (!dirty) return 0;
+    uint64_t *c = (uint64_t *)ob_alloc((size_t)(rows * Kw) * sizeof(uint64_t));
+    if (c == NULL) return -1;
+    memcpy(c, src, (size_t)(rows * Kw) * sizeof(uint64_t));
+    for (int64_t r = 0; r < rows; r++) c[r * Kw + Kw - 1] &= mask;
+    *copy = c;
+    return 0;
+}
+
+int ob_xnor_gemm(const uint64_t *a, const uint64_t *b, int32_t *c, int64_t M, int64_t N,
+                 int64_t K, int threads) {
+    if (M <= 0 || N <= 0) return 0;
+    const int64_t Kw = ob_ceil_div(K, 64);
+    if (Kw == 0) {
+        memset(c, 0, (size_t)(M * N) * sizeof(int32_t));
+        return 0;
+    }
+    uint64_t *ac = NULL, *bc = NULL;
+    if (clean_padding(a, M, Kw, K, &ac) != 0 || clean_padding(b, N, Kw, K, &bc) != 0) {
+        ob_free(ac);
+        return -1;
+    }
+    ob_xnor_args args = {ac ? ac : a, Kw, bc ? bc : b, Kw, c, N, Kw, K};
+    const int err = run_xnor(&args, M, N, threads);
+    ob_free(ac);
+    ob_free(bc);
+    return err;
+}
+
+/* ------------------------------------------------------------ binary_float_gemm */
+
+typedef struct {
+    const ob_isa_table *t;
+    ob_bfgemm_args a;
+} bf_ctx;
+
+static int bf_range(const void *vctx, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const bf_ctx *c = (const bf_ctx *)vctx;
+    return c->t->bfgemm(&c->a, m0, m1, n0, n1);
+}
+
+int ob_binary_float_gemm(const float *x, const uint64_t *w, const float *alpha,
+                         const float *bias, float *y, int64_t M, int64_t N, int64_t K,
+                         int threads) {
+    if (M <= 0 || N <= 0) return 0;
+    if (K <= 0) {
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < N; n++) y[m * N + n] = bias != NULL ? bias[n] : 0.0f;
+        return 0;
+    }
+    bf_ctx c = {current(), {x, K, w, ob_ceil_div(K, 64), alpha, bias, y, N, K, ob_ceil_div(K, 64)}};
+    const int t = resolve_threads(threads, (double)M * (double)N * (double)K / 64.0, 1 << 15);
+    return run_2d(t, M, N, 4, c.t->bfg_nb, bf_range, &c);
+}
+
+/* ------------------------------------------------------------------ conv2d */
+
+typedef struct {
+    const uint64_t *x;
+    uint64_t *col;
+    int32_t *out;
+    const int32_t *corr;
+    int64_t H, W, Cw, Ho, Wo, KH, KW, sh, sw, ph, pw, Cout;
+    uint64_t lastmask;
+} conv_ctx;
+
+static int im2col_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+    const conv_ctx *c = (const conv_ctx *)vctx;
+    (void)n0;
+    (void)n1;
+    const int64_t KK = c->KH * c->KW * c->Cw;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t ow = r % c->Wo;
+        const int64_t oh = (r / c->Wo) % c->Ho;
+        const int64_t b = r / (c->Wo * c->Ho);
+        uint64_t *dst = c->col + r * KK;
+        for (int64_t kh = 0; kh < c->KH; kh++) {
+            const int64_t ih = oh * c->sh - c->ph + kh;
+            for (int64_t kw = 0; kw < c->KW; kw++) {
+                const int64_t iw = ow * c->sw - c->pw + kw;
+                uint64_t *d = dst + (kh * c->KW + kw) * c->Cw;
+                if (ih < 0 || ih >= c->H || iw < 0 || iw >= c->W) {
+                    memset(d, 0, (size_t)c->Cw * sizeof(uint64_t));
+                } else {
+                    const uint64_t *s = c->x + ((b * c->H + ih) * c->W + iw) * c->Cw;
+                    memcpy(d, s, (size_t)c->Cw * sizeof(uint64_t));
+                    d[c->Cw - 1] &= c->lastmask;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* Padded taps were fed to the GEMM as all-zero bits, i.e. as +1 inputs: remove their
+ * contribution corr[t][o] = Cin - 2 * popcount(w[o] at tap t). */
+static int fixup_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+    const conv_ctx *c = (const conv_ctx *)vctx;
+    (void)n0;
+    (void)n1;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t ow = r % c->Wo;
+        const int64_t oh = (r / c->Wo) % c->Ho;
+        int32_t *o = c->out + r * c->Cout;
+        for (int64_t kh = 0; kh < c->KH; kh++) {
+            const int64_t ih = oh * c->sh - c->ph + kh;
+            const int row_out = ih < 0 || ih >= c->H;
+            for (int64_t kw = 0; kw < c->KW; kw++) {
+                const int64_t iw = ow * c->sw - c->pw + kw;
+                if (!row_out && iw >= 0 && iw < c->W) continue;
+                const int32_t *cr = c->corr + (kh * c->KW + kw) * c->Cout;
+                for (int64_t q = 0; q < c->Cout; q++) o[q] -= cr[q];
+            }
+        }
+    }
+    return 0;
+}
+
+int ob_binary_conv2d(const uint64_t *xbits, const uint64_t *w, int32_t *out, int64_t batch,
+                     int64_t H, int64_t W, int64_t Cin, int64_t Cout, int64_t KH, int64_t KW,
+                     int64_t sh, int64_t sw, int64_t ph, int64_t pw, int threads) {
+    const int64_t Ho = (H + 2 * ph - KH) / sh + 1;
+    const int64_t Wo = (W + 2 * pw - KW) / sw + 1;
+    if (batch <= 0 || Cout <= 0 || Ho <= 0 || Wo <= 0 || H + 2 * ph < KH || W + 2 * pw < KW)
+        return 0;
+    const int64_t rows = batch * Ho * Wo;
+    if (Cin <= 0 || KH <= 0 || KW <= 0) {
+        memset(out, 0, (size_t)(rows * Cout) * sizeof(int32_t));
+        return 0;
+    }
+    const int64_t Cw = ob_ceil_div(Cin, 64);
+    const int64_t taps = KH * KW;
+    const int64_t KK = taps * Cw;
+    const uint64_t lastmask = Cin % 64 ? (UINT64_C(1) << (Cin % 64)) - 1 : ~UINT64_C(0);
+
+    uint64_t *wclean = NULL;
+    int32_t *corr = (int32_t *)ob_alloc((size_t)(taps * Cout) * sizeof(int32_t));
+    uint64_t *col = (uint64_t *)ob_alloc((size_t)(rows * KK) * sizeof(uint64_t));
+    int err = corr == NULL || col == NULL;
+    if (!err && Cin % 64) {
+        wclean = (uint64_t *)ob_alloc((size_t)(Cout * KK) * sizeof(uint64_t));
+        err = wclean == NULL;
+        if (!err) {
+            memcpy(wclean, w, (size_t)(Cout * KK) * sizeof(uint64_t));
+            for (int64_t i = Cw - 1; i < Cout * KK; i += Cw) wclean[i] &= lastmask;
+        }
+    }
+    if (err) {
+        ob_free(corr);
+        ob_free(col);
+        ob_free(wclean);
+        return -1;
+    }
+    const uint64_t *wc = wclean ? wclean : w;
+    for (int64_t t = 0; t < taps; t++) {
+        for (int64_t o = 0; o < Cout; o++) {
+            int64_t pc = 0;
+            for (int64_t j = 0; j < Cw; j++) pc += __builtin_popcountll(wc[o * KK + t * Cw + j]);
+            corr[t * Cout + o] = (int32_t)(Cin - 2 * pc);
+        }
+    }
+    conv_ctx c = {xbits, col, out, corr, H,  W,  Cw,   Ho,      Wo,
+                  KH,    KW,  sh,  sw,   ph, pw, Cout, lastmask};
+    const int tcopy = resolve_threads(threads, (double)rows * (double)KK, 1 << 14);
+    err = run_2d(tcopy, rows, 1, 1, 1, im2col_range, &c);
+    if (!err) {
+        ob_xnor_args a = {col, KK, wc, KK, out, Cout, KK, taps * Cin};
+        err = run_xnor(&a, rows, Cout, threads);
+    }
+    if (!err && (ph > 0 || pw > 0)) {
+        const int tfix = resolve_threads(threads, (double)rows * (double)Cout, 1 << 16);
+        err = run_2d(tfix, rows, 1, 1, 1, fixup_range, &c);
+    }
+    ob_free(corr);
+    ob_free(col);
+    ob_free(wclean);
+    return err;
+}
+
+/* ------------------------------------------------------------- threshold_sign */
+
+typedef struct {
+    const ob_isa_table *t;
+    const void *y;
+    const void *thr;
+    const uint64_t *flip;
+    uint64_t *out;
+    int64_t N, Nw;
+    int is_int;
+} thr_ctx;
+
+static int thr_range(const void *vctx, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const thr_ctx *c = (const thr_ctx *)vctx;
+    (void)n0;
+    (void)n1;
+    if (c->is_int) {
+        c->t->threshold_i32((const int32_t *)c->y + m0 * c->N, c->N, (const int32_t *)c->thr,
+                            c->flip, c->out + m0 * c->Nw, c->Nw, m1 - m0, c->N);
+    } else {
+        c->t->threshold_f32((const float *)c->y + m0 * c->N, c->N, (const float *)c->thr,
+                            c->flip, c->out + m0 * c->Nw, c->Nw, m1 - m0, c->N);
+    }
+    return 0;
+}
+
+static uint64_t *pack_flags(const uint8_t *flip, int64_t N) {
+    const int64_t Nw = ob_ceil_div(N, 64);
+    uint64_t *f = (uint64_t *)ob_alloc((size_t)Nw * sizeof(uint64_t));
+    if (f == NULL) return NULL;
+    memset(f, 0, (size_t)Nw * sizeof(uint64_t));
+    for (int64_t n = 0; n < N; n++) f[n / 64] |= (uint64_t)(flip[n] != 0) << (n % 64);
+    return f;
+}
+
+int ob_threshold_sign_f32(const float *y, const float *thr, const uint8_t *flip, uint64_t *out,
+                          int64_t M, int64_t N, int threads) {
+    if (M <= 0 || N <= 0) return 0;
+    uint64_t *f = pack_flags(flip, N);
+    if (f == NULL) return -1;
+    thr_ctx c = {current(), y, thr, f, out, N, ob_ceil_div(N, 64), 0};
+    const int t = resolve_threads(threads, (double)M * (double)N, 1 << 16);
+    const int err = run_2d(t, M, 1, 1, 1, thr_range, &c);
+    ob_free(f);
+    return err;
+}
+
+int ob_threshold_sign_i32(const int32_t *y, const float *thr, const uint8_t *flip,
+                          uint64_t *out, int64_t M, int64_t N, int threads) {
+    if (M <= 0 || N <= 0) return 0;
+    /* y >= t  <=>  y >= ceil(t) for integer y; thresholds outside the int32 range (or NaN,
+     * which never compares true) turn into "always true", combined with a flipped flag. */
+    uint8_t *fl = (uint8_t *)ob_alloc((size_t)N);
+    int32_t *ti = (int32_t *)ob_alloc((size_t)N * sizeof(int32_t));
+    if (fl == NULL || ti == NULL) {
+        ob_free(fl);
+        ob_free(ti);
+        return -1;
+    }
+    for (int64_t n = 0; n < N; n++) {
+        const double t = (double)thr[n];
+        uint8_t f = flip[n] != 0;
+        if (t != t || t > 2147483647.0) { /* NaN or above the int32 range */
+            ti[n] = INT32_MIN;
+            f = (uint8_t)!f;
+        } else if (t <= -2147483648.0) {
+            ti[n] = INT32_MIN;
+        } else {
+            int64_t c = (int64_t)t; /* truncates toward zero */
+            if ((double)c < t) c++;
+            ti[n] = (int32_t)c;
+        }
+        fl[n] = f;
+    }
+    uint64_t *f = pack_flags(fl, N);
+    int err = f == NULL;
+    if (!err) {
+        thr_ctx c = {current(), y, ti, f, out, N, ob_ceil_div(N, 64), 1};
+        const int t = resolve_threads(threads, (double)M * (double)N, 1 << 16);
+        err = run_2d(t, M, 1, 1, 1, thr_range, &c);
+    }
+    ob_free(f);
+    ob_free(fl);
+    ob_free(ti);
+    return err ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------ scale_bias */
+
+typedef struct {
+    const ob_isa_table *t;
+    const int32_t *y;
+    const float *alpha, *beta;
+    float *out;
+    int64_t N;
+} sb_ctx;
+
+static int sb_range(const void *vctx, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const sb_ctx *c = (const sb_ctx *)vctx;
+    (void)n0;
+    (void)n1;
+    c->t->scale_bias(c->y + m0 * c->N, c->N, c->alpha, c->beta, c->out + m0 * c->N, c->N,
+                     m1 - m0, c->N);
+    return 0;
+}
+
+int ob_scale_bias(const int32_t *y, const float *alpha, const float *beta, float *out,
+                  int64_t M, int64_t N, int threads) {
+    if (M <= 0 || N <= 0) return 0;
+    sb_ctx c = {current(), y, alpha, beta, out, N};
+    const int t = resolve_threads(threads, (double)M * (double)N, 1 << 16);
+    return run_2d(t, M, 1, 1, 1, sb_range, &c);
+}
