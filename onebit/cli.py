@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -146,6 +147,8 @@ def _train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             return 130
         rows.append(res.row())
         run_dirs.append(run_dir)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, only the main process reports
+        return 0
     cols = ["method", "seeds", "test_best_val", "test_last", "s_per_epoch"]
     cols += ["binary_params", "float_params", "size"]
     print(markdown_table(aggregate(rows), cols))

@@ -1,6 +1,7 @@
 /*
  * Run-time dispatch and OpenMP work splitting.  Nothing here depends on Python.
  */
+#define _POSIX_C_SOURCE 200112L /* posix_memalign */
 #include <stdlib.h>
 #include <string.h>
 

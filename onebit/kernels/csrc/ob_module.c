@@ -1,0 +1,324 @@
+/*
+ * CPython bindings for the onebit kernels (module onebit.kernels._native).
+ *
+ * Low-level, unchecked-dtype interface: every array argument is any C-contiguous object
+ * exposing the buffer protocol (numpy arrays), outputs are preallocated by the caller.
+ * Only byte sizes are validated here; onebit/kernels/__init__.py validates dtypes and
+ * shapes and is the public API.  The GIL is released while a kernel runs.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "ob_kernels.h"
+
+static int check_size(const Py_buffer *b, int64_t count, int64_t itemsize, const char *name) {
+    int64_t bytes = 0;
+    if (count < 0 || __builtin_mul_overflow(count, itemsize, &bytes)) {
+        PyErr_Format(PyExc_ValueError, "%s: invalid size", name);
+        return -1;
+    }
+    if ((int64_t)b->len < bytes) {
+        PyErr_Format(PyExc_ValueError, "%s: buffer has %zd bytes, %lld needed", name, b->len,
+                     (long long)bytes);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_dims(int64_t a, int64_t b, int64_t *prod, const char *what) {
+    if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, prod)) {
+        PyErr_Format(PyExc_ValueError, "%s: negative or overflowing dimensions", what);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *finish(int err) {
+    if (err) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* pack_bits(x: f32 (M, K), out: u64 (M, Kw), M, K, threads) */
+static PyObject *py_pack_bits(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer x, out;
+    long long M, K;
+    int threads;
+    if (!PyArg_ParseTuple(args, "y*w*LLi", &x, &out, &M, &K, &threads)) return NULL;
+    int64_t mk = 0, mkw = 0;
+    int err = 0;
+    if (check_dims(M, K, &mk, "pack_bits") || check_dims(M, (K + 63) / 64, &mkw, "pack_bits") ||
+        check_size(&x, mk, 4, "x") || check_size(&out, mkw, 8, "out")) {
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS err = ob_pack_bits((const float *)x.buf, (uint64_t *)out.buf, M, K,
+                                              threads);
+    Py_END_ALLOW_THREADS PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    return finish(err);
+}
+
+/* xnor_gemm(a: u64 (M, Kw), b: u64 (N, Kw), out: i32 (M, N), M, N, K, threads) */
+static PyObject *py_xnor_gemm(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer a, b, out;
+    long long M, N, K;
+    int threads;
+    if (!PyArg_ParseTuple(args, "y*y*w*LLLi", &a, &b, &out, &M, &N, &K, &threads)) return NULL;
+    int64_t akw = 0, bkw = 0, mn = 0;
+    int err = 0;
+    if (K < 0 || check_dims(M, (K + 63) / 64, &akw, "xnor_gemm") ||
+        check_dims(N, (K + 63) / 64, &bkw, "xnor_gemm") || check_dims(M, N, &mn, "xnor_gemm") ||
+        check_size(&a, akw, 8, "a") || check_size(&b, bkw, 8, "b") ||
+        check_size(&out, mn, 4, "out")) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "xnor_gemm: K must be >= 0");
+        PyBuffer_Release(&a);
+        PyBuffer_Release(&b);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS err = ob_xnor_gemm((const uint64_t *)a.buf, (const uint64_t *)b.buf,
+                                              (int32_t *)out.buf, M, N, K, threads);
+    Py_END_ALLOW_THREADS PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&out);
+    return finish(err);
+}
+
+/* Optional float buffer: None -> not used. */
+static int opt_buffer(PyObject *obj, Py_buffer *buf, int *has, int64_t count, const char *name) {
+    *has = 0;
+    if (obj == Py_None) return 0;
+    if (PyObject_GetBuffer(obj, buf, PyBUF_SIMPLE) != 0) return -1;
+    *has = 1;
+    return check_size(buf, count, 4, name);
+}
+
+/* binary_float_gemm(x: f32 (M, K), w: u64 (N, Kw), alpha|None, bias|None, out: f32 (M, N),
+ *                   M, N, K, threads) */
+static PyObject *py_binary_float_gemm(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer x, w, out, al, bi;
+    PyObject *alpha_obj, *bias_obj;
+    long long M, N, K;
+    int threads, has_a = 0, has_b = 0, err = 0;
+    if (!PyArg_ParseTuple(args, "y*y*OOw*LLLi", &x, &w, &alpha_obj, &bias_obj, &out, &M, &N, &K,
+                          &threads))
+        return NULL;
+    int64_t mk = 0, nkw = 0, mn = 0;
+    int bad = K < 0 || check_dims(M, K, &mk, "binary_float_gemm") ||
+              check_dims(N, (K + 63) / 64, &nkw, "binary_float_gemm") ||
+              check_dims(M, N, &mn, "binary_float_gemm") || check_size(&x, mk, 4, "x") ||
+              check_size(&w, nkw, 8, "w") || check_size(&out, mn, 4, "out");
+    if (!bad) bad = opt_buffer(alpha_obj, &al, &has_a, N, "alpha") != 0;
+    if (!bad) bad = opt_buffer(bias_obj, &bi, &has_b, N, "bias") != 0;
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS err = ob_binary_float_gemm(
+            (const float *)x.buf, (const uint64_t *)w.buf, has_a ? (const float *)al.buf : NULL,
+            has_b ? (const float *)bi.buf : NULL, (float *)out.buf, M, N, K, threads);
+        Py_END_ALLOW_THREADS
+    } else if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "binary_float_gemm: K must be >= 0");
+    }
+    if (has_a) PyBuffer_Release(&al);
+    if (has_b) PyBuffer_Release(&bi);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&out);
+    if (bad) return NULL;
+    return finish(err);
+}
+
+/* binary_conv2d(x: u64 (B, H, W, Cw), w: u64 (Cout, KH, KW, Cw), out: i32 (B, Ho, Wo, Cout),
+ *               B, H, W, Cin, Cout, KH, KW, sh, sw, ph, pw, threads) */
+static PyObject *py_binary_conv2d(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer x, w, out;
+    long long B, H, W, Cin, Cout, KH, KW, sh, sw, ph, pw;
+    int threads, err = 0;
+    if (!PyArg_ParseTuple(args, "y*y*w*LLLLLLLLLLLi", &x, &w, &out, &B, &H, &W, &Cin, &Cout, &KH,
+                          &KW, &sh, &sw, &ph, &pw, &threads))
+        return NULL;
+    int bad = 0;
+    if (B < 0 || H < 0 || W < 0 || Cin < 1 || Cout < 0 || KH < 1 || KW < 1 || sh < 1 ||
+        sw < 1 || ph < 0 || pw < 0 || H + 2 * ph < KH || W + 2 * pw < KW ||
+        B > INT32_MAX || H > INT32_MAX || W > INT32_MAX || Cin > INT32_MAX || Cout > INT32_MAX ||
+        KH > 4096 || KW > 4096 || ph > INT32_MAX || pw > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "binary_conv2d: invalid geometry");
+        bad = 1;
+    }
+    if (!bad) {
+        const int64_t Cw = (Cin + 63) / 64;
+        const int64_t Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
+        int64_t t1 = 0, t2 = 0, nx = 0, nw = 0, no = 0;
+        bad = check_dims(B * H, W, &t1, "binary_conv2d") ||
+              check_dims(t1, Cw, &nx, "binary_conv2d") ||
+              check_dims(Cout * KH, KW * Cw, &nw, "binary_conv2d") ||
+              check_dims(B * Ho, Wo, &t2, "binary_conv2d") ||
+              check_dims(t2, Cout, &no, "binary_conv2d") || check_size(&x, nx, 8, "x") ||
+              check_size(&w, nw, 8, "w") || check_size(&out, no, 4, "out");
+    }
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS err =
+            ob_binary_conv2d((const uint64_t *)x.buf, (const uint64_t *)w.buf, (int32_t *)out.buf,
+                             B, H, W, Cin, Cout, KH, KW, sh, sw, ph, pw, threads);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&out);
+    if (bad) return NULL;
+    return finish(err);
+}
+
+/* threshold_sign(y: i32|f32 (M, N), thr: f32 (N,), flip: u8 (N,), out: u64 (M, Nw),
+ *                M, N, is_int, threads) */
+static PyObject *py_threshold_sign(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer y, thr, flip, out;
+    long long M, N;
+    int is_int, threads, err = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*LLpi", &y, &thr, &flip, &out, &M, &N, &is_int,
+                          &threads))
+        return NULL;
+    int64_t mn = 0, mnw = 0;
+    const int bad = check_dims(M, N, &mn, "threshold_sign") ||
+                    check_dims(M, (N + 63) / 64, &mnw, "threshold_sign") ||
+                    check_size(&y, mn, 4, "y") || check_size(&thr, N, 4, "thresh") ||
+                    check_size(&flip, N, 1, "flip") || check_size(&out, mnw, 8, "out");
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS if (is_int) {
+            err = ob_threshold_sign_i32((const int32_t *)y.buf, (const float *)thr.buf,
+                                        (const uint8_t *)flip.buf, (uint64_t *)out.buf, M, N,
+                                        threads);
+        }
+        else {
+            err = ob_threshold_sign_f32((const float *)y.buf, (const float *)thr.buf,
+                                        (const uint8_t *)flip.buf, (uint64_t *)out.buf, M, N,
+                                        threads);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&y);
+    PyBuffer_Release(&thr);
+    PyBuffer_Release(&flip);
+    PyBuffer_Release(&out);
+    if (bad) return NULL;
+    return finish(err);
+}
+
+/* scale_bias(y: i32 (M, N), alpha: f32 (N,), beta: f32 (N,), out: f32 (M, N), M, N, threads) */
+static PyObject *py_scale_bias(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer y, al, be, out;
+    long long M, N;
+    int threads, err = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*LLi", &y, &al, &be, &out, &M, &N, &threads)) return NULL;
+    int64_t mn = 0;
+    const int bad = check_dims(M, N, &mn, "scale_bias") || check_size(&y, mn, 4, "y") ||
+                    check_size(&al, N, 4, "alpha") || check_size(&be, N, 4, "beta") ||
+                    check_size(&out, mn, 4, "out");
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS err =
+            ob_scale_bias((const int32_t *)y.buf, (const float *)al.buf, (const float *)be.buf,
+                          (float *)out.buf, M, N, threads);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&y);
+    PyBuffer_Release(&al);
+    PyBuffer_Release(&be);
+    PyBuffer_Release(&out);
+    if (bad) return NULL;
+    return finish(err);
+}
+
+static PyObject *py_available_isas(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    PyObject *list = PyList_New(0);
+    if (list == NULL) return NULL;
+    for (int isa = OB_ISA_COUNT - 1; isa >= 0; isa--) {
+        if (!ob_isa_supported(isa)) continue;
+        PyObject *s = PyUnicode_FromString(ob_isa_name(isa));
+        if (s == NULL || PyList_Append(list, s) != 0) {
+            Py_XDECREF(s);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(s);
+    }
+    return list;
+}
+
+static PyObject *py_get_isa(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyUnicode_FromString(ob_isa_name(ob_get_isa()));
+}
+
+/* set_isa(name or None): None selects the best ISA this CPU supports. */
+static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (arg == Py_None) {
+        ob_set_isa(-1);
+        Py_RETURN_NONE;
+    }
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (name == NULL) return NULL;
+    for (int isa = 0; isa < OB_ISA_COUNT; isa++) {
+        if (strcmp(name, ob_isa_name(isa)) == 0) {
+            if (ob_set_isa(isa) != 0) {
+                PyErr_Format(PyExc_ValueError, "ISA '%s' is not supported by this CPU", name);
+                return NULL;
+            }
+            Py_RETURN_NONE;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "unknown ISA '%s'", name);
+    return NULL;
+}
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
+    (void)self;
+    const long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0 || n > 4096) {
+        PyErr_SetString(PyExc_ValueError, "thread count must be in [0, 4096]");
+        return NULL;
+    }
+    ob_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyLong_FromLong(ob_get_num_threads());
+}
+
+static PyMethodDef methods[] = {
+    {"pack_bits", py_pack_bits, METH_VARARGS, "pack_bits(x, out, M, K, threads)"},
+    {"xnor_gemm", py_xnor_gemm, METH_VARARGS, "xnor_gemm(a, b, out, M, N, K, threads)"},
+    {"binary_float_gemm", py_binary_float_gemm, METH_VARARGS,
+     "binary_float_gemm(x, w, alpha, bias, out, M, N, K, threads)"},
+    {"binary_conv2d", py_binary_conv2d, METH_VARARGS,
+     "binary_conv2d(x, w, out, B, H, W, Cin, Cout, KH, KW, sh, sw, ph, pw, threads)"},
+    {"threshold_sign", py_threshold_sign, METH_VARARGS,
+     "threshold_sign(y, thresh, flip, out, M, N, is_int, threads)"},
+    {"scale_bias", py_scale_bias, METH_VARARGS, "scale_bias(y, alpha, beta, out, M, N, threads)"},
+    {"available_isas", py_available_isas, METH_NOARGS, "ISAs this CPU can run, best first."},
+    {"get_isa", py_get_isa, METH_NOARGS, "The ISA the kernels dispatch to."},
+    {"set_isa", py_set_isa, METH_O, "Force an ISA by name; None restores the best one."},
+    {"set_num_threads", py_set_num_threads, METH_O, "Global thread count (0 = OpenMP default)."},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS, "Global thread count."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_native", "onebit native binary kernels (no libtorch).", -1, methods,
+    NULL,                  NULL,      NULL,                                           NULL,
+};
+
+PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&module); }
