@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from onebit.config import TrainConfig
 from onebit.data import Dataset, Split, batches, num_batches
 from onebit.errors import OnebitError
+from onebit.layers import is_binary_layer
 from onebit.methods import Method
 
 __all__ = [
@@ -252,6 +253,49 @@ def evaluate(
     return total / n, correct / n
 
 
+NEAR_ZERO = 1e-3
+
+
+def weight_signs(model: nn.Module) -> dict[str, Tensor]:
+    """The sign bit (``w >= 0``) of every binary layer's latent weight, by layer name."""
+    return {
+        n: (m.weight.detach() >= 0).clone()
+        for n, m in model.named_modules()
+        if is_binary_layer(m) and m.binary
+    }
+
+
+def diagnostics(model: nn.Module, signs_before: dict[str, Tensor]) -> dict[str, Any]:
+    """Per binary layer and overall: the fraction of weights whose sign flipped since
+    ``signs_before`` (``flip_rate``), and of latent weights with ``|w| < 1e-3`` (``near_zero``).
+
+    A flip rate that falls to ~0 early says the binary weights froze; a large near-zero fraction says
+    many signs are decided by noise.
+    """
+    flips, near, total = {}, {}, 0
+    n_flip = n_near = 0
+    for n, m in model.named_modules():
+        if not (is_binary_layer(m) and m.binary):
+            continue
+        w = m.weight.detach()
+        near_n = int((w.abs() < NEAR_ZERO).sum())
+        near[n] = near_n / w.numel()
+        n_near += near_n
+        if n in signs_before:
+            f = int(((w >= 0) != signs_before[n]).sum())
+            flips[n] = f / w.numel()
+            n_flip += f
+        total += w.numel()
+    if total == 0:
+        return {}
+    return {
+        "flip_rate": n_flip / total,
+        "near_zero": n_near / total,
+        "flip_rate_layers": flips,
+        "near_zero_layers": near,
+    }
+
+
 def _has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
@@ -329,6 +373,7 @@ def train(
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         method.on_epoch_start(model, epoch, cfg.epochs)
+        signs_before = weight_signs(model)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         model.train()
         it = batches(
@@ -377,6 +422,7 @@ def train(
             "test_acc": test_acc,
             "train_seconds": train_seconds,
             "seconds": time.perf_counter() - t0,
+            **diagnostics(model, signs_before),
         }
         history.epochs.append(rec)
         log.info(

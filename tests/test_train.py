@@ -112,3 +112,20 @@ def test_no_validation_split_selects_on_test():
     model, method = _model()
     h = train(model, method, data, TrainConfig(epochs=1, batch_size=32))
     assert not math.isnan(h.best["val_acc"]) and h.best["val_acc"] == h.best["test_acc"]
+
+
+def test_diagnostics_flip_rate_and_near_zero():
+    from onebit.train import diagnostics, weight_signs
+
+    model, _ = _model(dropout=0.0)
+    layer = model[1]
+    with torch.no_grad():
+        layer.weight.fill_(0.5)
+    before = weight_signs(model)
+    with torch.no_grad():
+        layer.weight[:2].fill_(-0.5)  # 2 rows of 16 flip
+        layer.weight[2].fill_(1e-4)  # 1 row near zero
+    d = diagnostics(model, before)
+    assert d["flip_rate_layers"]["1"] == 2 / 32
+    assert d["near_zero_layers"]["1"] == 1 / 32
+    assert 0 < d["flip_rate"] < 2 / 32  # the other binary layers did not flip

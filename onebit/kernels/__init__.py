@@ -1,0 +1,397 @@
+"""Fast binary kernels on raw numpy buffers (no libtorch).
+
+The heavy lifting is done by the C extension ``onebit.kernels._native`` (OpenMP threads,
+run-time CPU dispatch between AVX-512 + VPOPCNTDQ, AVX2 and portable C).  When the extension
+is not built every op falls back to the numpy reference in :mod:`onebit.kernels.reference`
+(same results, much slower) and a warning is logged once.
+
+Bit layout: ``bits[r, k // 64] >> (k % 64) & 1`` is column ``k`` of row ``r``; a set bit is
++1, a clear bit is -1, and ``x >= 0`` packs to a set bit.  Padding bits past the logical
+length are zero in everything these kernels produce (and ignored in their inputs).
+
+Conv weights are packed as ``(Cout, KH, KW, ceil(Cin / 64))`` uint64 (see
+:func:`pack_conv_weight`); activations are NHWC.
+
+Threads: each op takes ``threads=`` (``None`` uses the global setting of
+:func:`set_num_threads`, whose default is OpenMP's, i.e. ``OMP_NUM_THREADS`` or all cores).
+Small problems use fewer threads automatically.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import ModuleType
+
+import numpy as np
+import numpy.typing as npt
+
+from onebit.errors import OnebitError
+from onebit.kernels import reference
+from onebit.kernels.reference import conv_output_size, num_words, unpack_bits
+
+__all__ = [
+    "KernelInputError",
+    "available_isas",
+    "binary_conv2d",
+    "binary_float_gemm",
+    "conv_output_size",
+    "get_isa",
+    "get_num_threads",
+    "native_available",
+    "num_words",
+    "pack_bits",
+    "pack_conv_weight",
+    "reference",
+    "scale_bias",
+    "set_isa",
+    "set_num_threads",
+    "threshold_sign",
+    "unpack_bits",
+    "xnor_gemm",
+]
+
+log = logging.getLogger(__name__)
+
+_native: ModuleType | None
+try:
+    from onebit.kernels import _native  # type: ignore[attr-defined,no-redef]
+except ImportError as _err:  # not built: every op uses the numpy reference
+    _native = None
+    _IMPORT_ERROR: str | None = str(_err)
+else:
+    _IMPORT_ERROR = None
+
+_warned = False
+_py_threads = 0  # global thread setting used when the extension is missing (informational)
+
+
+class KernelInputError(OnebitError, ValueError):
+    """An array of the wrong dtype, rank or shape was passed to a kernel."""
+
+
+def native_available() -> bool:
+    """True when the C extension is importable."""
+    return _native is not None
+
+
+def _fallback() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        log.warning(
+            "onebit native kernels are not built (%s); using the slow numpy reference. "
+            "Build the extension (pip install -e .) to get the fast kernels.",
+            _IMPORT_ERROR,
+        )
+
+
+def available_isas() -> list[str]:
+    """Dispatch paths this CPU can run, best first (``[]`` when the extension is missing)."""
+    return list(_native.available_isas()) if _native is not None else []
+
+
+def get_isa() -> str:
+    """The dispatch path in use: ``avx512``, ``avx2``, ``generic``, or ``reference``."""
+    return str(_native.get_isa()) if _native is not None else "reference"
+
+
+def set_isa(name: str | None) -> None:
+    """Force a dispatch path (for tests and benchmarks); ``None`` or ``"auto"`` picks the best.
+
+    Raises :class:`KernelInputError` if the name is unknown or this CPU cannot run it.
+    """
+    if _native is None:
+        if name not in (None, "auto", "reference"):
+            raise KernelInputError(f"cannot select ISA {name!r}: the native kernels are not built.")
+        return
+    try:
+        _native.set_isa(None if name in (None, "auto") else name)
+    except ValueError as e:
+        raise KernelInputError(f"{e}; available: {', '.join(available_isas())}.") from None
+
+
+def set_num_threads(n: int) -> None:
+    """Global thread count for the kernels (``0`` = OpenMP default)."""
+    global _py_threads
+    if not isinstance(n, int) or n < 0:
+        raise KernelInputError(f"thread count must be an int >= 0, got {n!r}.")
+    _py_threads = n
+    if _native is not None:
+        _native.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Global thread count the kernels use when ``threads=None``."""
+    if _native is not None:
+        return int(_native.get_num_threads())
+    return _py_threads or 1
+
+
+# ----------------------------------------------------------------- validation helpers
+
+
+def _threads(threads: int | None) -> int:
+    if threads is None:
+        return 0
+    if not isinstance(threads, int) or threads < 1:
+        raise KernelInputError(f"threads must be a positive int or None, got {threads!r}.")
+    return threads
+
+
+def _array(x: object, dtype: type[np.generic], ndim: int, name: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype != dtype:
+        raise KernelInputError(f"{name} must be {np.dtype(dtype).name}, got {arr.dtype}.")
+    if arr.ndim != ndim:
+        raise KernelInputError(f"{name} must be {ndim}-D, got shape {arr.shape}.")
+    return np.ascontiguousarray(arr)
+
+
+def _vector(x: object, n: int, name: str) -> np.ndarray:
+    arr = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    if arr.shape != (n,):
+        raise KernelInputError(f"{name} must have shape ({n},), got {arr.shape}.")
+    return arr
+
+
+def _pair(v: int | tuple[int, int], name: str) -> tuple[int, int]:
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2 or not all(isinstance(p, int) for p in pair):
+        raise KernelInputError(f"{name} must be an int or a pair of ints, got {v!r}.")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_words(bits: np.ndarray, k: int, name: str) -> None:
+    if bits.shape[1] != num_words(k):
+        raise KernelInputError(
+            f"{name} has {bits.shape[1]} words per row; K={k} needs {num_words(k)}."
+        )
+
+
+# ----------------------------------------------------------------------------- ops
+
+
+def pack_bits(x: npt.ArrayLike, *, threads: int | None = None) -> npt.NDArray[np.uint64]:
+    """Pack a float32 ``(M, K)`` array into uint64 ``(M, ceil(K / 64))``: bit = ``x >= 0``."""
+    xa = _array(x, np.float32, 2, "x")
+    t = _threads(threads)
+    m, k = xa.shape
+    if _native is None:
+        _fallback()
+        return reference.pack_bits(xa)
+    out = np.empty((m, num_words(k)), dtype=np.uint64)
+    _native.pack_bits(xa, out, m, k, t)
+    return out
+
+
+def xnor_gemm(
+    a_bits: npt.ArrayLike, b_bits: npt.ArrayLike, k: int, *, threads: int | None = None
+) -> npt.NDArray[np.int32]:
+    """+1/-1 dot products of packed rows: ``out[m, n] = K - 2 * popcount(a[m] ^ b[n])``.
+
+    ``a_bits`` is uint64 ``(M, Kw)``, ``b_bits`` uint64 ``(N, Kw)`` with ``Kw = ceil(K / 64)``;
+    the result is int32 ``(M, N)``.  Exact for any ``K``.
+    """
+    a = _array(a_bits, np.uint64, 2, "a_bits")
+    b = _array(b_bits, np.uint64, 2, "b_bits")
+    t = _threads(threads)
+    k = int(k)
+    if k < 0:
+        raise KernelInputError(f"K must be >= 0, got {k}.")
+    _check_words(a, k, "a_bits")
+    _check_words(b, k, "b_bits")
+    if _native is None:
+        _fallback()
+        return reference.xnor_gemm(a, b, k)
+    out = np.empty((a.shape[0], b.shape[0]), dtype=np.int32)
+    _native.xnor_gemm(a, b, out, a.shape[0], b.shape[0], k, t)
+    return out
+
+
+def binary_float_gemm(
+    x: npt.ArrayLike,
+    w_bits: npt.ArrayLike,
+    k: int | None = None,
+    alpha: npt.ArrayLike | None = None,
+    bias: npt.ArrayLike | None = None,
+    *,
+    threads: int | None = None,
+) -> npt.NDArray[np.float32]:
+    """Float input times binary weights: ``y = (x @ wb.T) * alpha + bias``.
+
+    ``x`` is float32 ``(M, K)``, ``w_bits`` uint64 ``(N, ceil(K / 64))`` (``wb`` = +1/-1 from
+    the bits), ``alpha`` and ``bias`` optional ``(N,)``.  Returns float32 ``(M, N)``.
+    Accumulation order differs from a float GEMM, so results agree to float tolerance.
+    """
+    xa = _array(x, np.float32, 2, "x")
+    w = _array(w_bits, np.uint64, 2, "w_bits")
+    t = _threads(threads)
+    m, kx = xa.shape
+    if k is not None and int(k) != kx:
+        raise KernelInputError(f"K={k} does not match x with {kx} columns.")
+    _check_words(w, kx, "w_bits")
+    n = w.shape[0]
+    al = None if alpha is None else _vector(alpha, n, "alpha")
+    bi = None if bias is None else _vector(bias, n, "bias")
+    if _native is None:
+        _fallback()
+        return reference.binary_float_gemm(xa, w, kx, al, bi)
+    out = np.empty((m, n), dtype=np.float32)
+    _native.binary_float_gemm(xa, w, al, bi, out, m, n, kx, t)
+    return out
+
+
+def pack_conv_weight(w: npt.ArrayLike) -> npt.NDArray[np.uint64]:
+    """Pack float32 conv weights ``(Cout, Cin, KH, KW)`` (torch layout) for :func:`binary_conv2d`.
+
+    Result: uint64 ``(Cout, KH, KW, ceil(Cin / 64))``, bit = ``w >= 0``, input channel ``c``
+    in word ``c // 64``, bit ``c % 64``.
+    """
+    wa = _array(w, np.float32, 4, "w")
+    cout, cin, kh, kw = wa.shape
+    taps = np.ascontiguousarray(wa.transpose(0, 2, 3, 1)).reshape(cout * kh * kw, cin)
+    return pack_bits(taps).reshape(cout, kh, kw, num_words(cin))
+
+
+def binary_conv2d(
+    x: npt.ArrayLike,
+    w_bits: npt.ArrayLike,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    in_channels: int | None = None,
+    kernel_size: int | tuple[int, int] | None = None,
+    threads: int | None = None,
+) -> npt.NDArray[np.int32]:
+    """Binary-weight, binary-activation 2-D convolution (bit-packed im2col + XNOR GEMM).
+
+    ``x`` is either float32 NHWC ``(N, H, W, Cin)`` (bit = ``x >= 0`` is taken inside) or
+    already-packed uint64 ``(N, H, W, ceil(Cin / 64))`` together with ``in_channels``.
+    ``w_bits`` is uint64 ``(Cout, KH, KW, ceil(Cin / 64))`` (:func:`pack_conv_weight`), or the
+    same memory as 2-D ``(Cout, KH * KW * ceil(Cin / 64))`` together with ``kernel_size``.
+    Zero padding of the +1/-1 input: padded taps contribute 0 (exactly), so
+    ``out = sum over valid taps of x * w``.  Returns int32 ``(N, Hout, Wout, Cout)``.
+    """
+    t = _threads(threads)
+    xa = np.asarray(x)
+    if xa.ndim != 4:
+        raise KernelInputError(f"x must be 4-D NHWC, got shape {xa.shape}.")
+    if xa.dtype == np.float32:
+        nb, h, wd, cin = xa.shape
+        if in_channels is not None and in_channels != cin:
+            raise KernelInputError(f"in_channels={in_channels} but x has {cin} channels.")
+        xbits = None
+    elif xa.dtype == np.uint64:
+        if in_channels is None:
+            raise KernelInputError("packed x (uint64) needs in_channels.")
+        nb, h, wd, cwx = xa.shape
+        cin = int(in_channels)
+        if cin < 1 or cwx != num_words(cin):
+            raise KernelInputError(
+                f"packed x has {cwx} words per pixel; Cin={cin} needs {num_words(cin)}."
+            )
+        xbits = np.ascontiguousarray(xa)
+    else:
+        raise KernelInputError(f"x must be float32 or uint64 (packed), got {xa.dtype}.")
+    cw = num_words(cin)
+    wa = np.asarray(w_bits)
+    if wa.dtype != np.uint64:
+        raise KernelInputError(f"w_bits must be uint64, got {wa.dtype}.")
+    if wa.ndim == 2:
+        if kernel_size is None:
+            raise KernelInputError("2-D w_bits needs kernel_size.")
+        kh, kw = _pair(kernel_size, "kernel_size")
+        if wa.shape[1] != kh * kw * cw:
+            raise KernelInputError(
+                f"w_bits has {wa.shape[1]} words per filter; expected {kh * kw * cw}."
+            )
+        wa = wa.reshape(wa.shape[0], kh, kw, cw)
+    elif wa.ndim == 4:
+        kh, kw = int(wa.shape[1]), int(wa.shape[2])
+        if kernel_size is not None and _pair(kernel_size, "kernel_size") != (kh, kw):
+            raise KernelInputError(f"kernel_size={kernel_size} but w_bits has {kh}x{kw} taps.")
+        if wa.shape[3] != cw:
+            raise KernelInputError(f"w_bits has {wa.shape[3]} words per tap; Cin={cin} needs {cw}.")
+    else:
+        raise KernelInputError(f"w_bits must be 4-D or 2-D, got shape {wa.shape}.")
+    wa = np.ascontiguousarray(wa)
+    cout = wa.shape[0]
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if sh < 1 or sw < 1 or ph < 0 or pw < 0 or kh < 1 or kw < 1:
+        raise KernelInputError("stride and kernel size must be >= 1 and padding >= 0.")
+    ho = conv_output_size(h, kh, sh, ph)
+    wo = conv_output_size(wd, kw, sw, pw)
+    if ho < 1 or wo < 1:
+        raise KernelInputError(f"kernel {kh}x{kw} does not fit the padded {h}x{wd} input.")
+    if _native is None:
+        _fallback()
+        if xbits is None:
+            xs = np.where(xa >= 0, 1, -1).astype(np.int8)
+        else:
+            xs = unpack_bits(xbits.reshape(-1, cw), cin).reshape(nb, h, wd, cin)
+        return reference.binary_conv2d(xs, wa, (sh, sw), (ph, pw))
+    if xbits is None:
+        xf = np.ascontiguousarray(xa).reshape(nb * h * wd, cin)
+        xbits = np.empty((nb * h * wd, cw), dtype=np.uint64)
+        _native.pack_bits(xf, xbits, nb * h * wd, cin, t)
+    out = np.empty((nb, ho, wo, cout), dtype=np.int32)
+    _native.binary_conv2d(xbits, wa, out, nb, h, wd, cin, cout, kh, kw, sh, sw, ph, pw, t)
+    return out
+
+
+def threshold_sign(
+    y: npt.ArrayLike,
+    thresh: npt.ArrayLike,
+    flip: npt.ArrayLike | None = None,
+    *,
+    threads: int | None = None,
+) -> npt.NDArray[np.uint64]:
+    """Fused BatchNorm + sign, packed for the next binary layer.
+
+    Bit ``n`` of row ``m`` is ``(y[m, n] >= thresh[n]) XOR flip[n]`` (``flip`` marks channels
+    with a negative BatchNorm scale; default all False).  ``y`` is int32 or float32 ``(M, N)``,
+    ``thresh`` float32 ``(N,)``; int32 ``y`` is compared exactly.  Returns uint64
+    ``(M, ceil(N / 64))`` with zero padding bits.
+    """
+    ya = np.asarray(y)
+    if ya.dtype not in (np.int32, np.float32):
+        raise KernelInputError(f"y must be int32 or float32, got {ya.dtype}.")
+    ya = _array(ya, ya.dtype.type, 2, "y")
+    t = _threads(threads)
+    m, n = ya.shape
+    th = _vector(thresh, n, "thresh")
+    if flip is None:
+        fl = np.zeros(n, dtype=np.uint8)
+    else:
+        fb = np.asarray(flip)
+        if fb.shape != (n,):
+            raise KernelInputError(f"flip must have shape ({n},), got {fb.shape}.")
+        fl = np.ascontiguousarray(fb.astype(bool).view(np.uint8))
+    if _native is None:
+        _fallback()
+        return reference.threshold_sign(ya, th, fl.astype(bool))
+    out = np.empty((m, num_words(n)), dtype=np.uint64)
+    _native.threshold_sign(ya, th, fl, out, m, n, ya.dtype == np.int32, t)
+    return out
+
+
+def scale_bias(
+    y: npt.ArrayLike,
+    alpha: npt.ArrayLike,
+    beta: npt.ArrayLike,
+    *,
+    threads: int | None = None,
+) -> npt.NDArray[np.float32]:
+    """``alpha[n] * float32(y[m, n]) + beta[n]`` (int32 ``y`` ``(M, N)`` to float32)."""
+    ya = _array(y, np.int32, 2, "y")
+    t = _threads(threads)
+    m, n = ya.shape
+    al = _vector(alpha, n, "alpha")
+    be = _vector(beta, n, "beta")
+    if _native is None:
+        _fallback()
+        return reference.scale_bias(ya, al, be)
+    out = np.empty((m, n), dtype=np.float32)
+    _native.scale_bias(ya, al, be, out, m, n, t)
+    return out
