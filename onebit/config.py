@@ -96,6 +96,7 @@ class TrainConfig:
         compile: wrap the model in ``torch.compile``.
         channels_last: use the channels-last memory format for conv nets.
         eval_batch_size: batch size of evaluation.
+        tensorboard: also write TensorBoard event files into the run folder (needs tensorboard).
     """
 
     epochs: int = 10
@@ -117,6 +118,7 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = True
     eval_batch_size: int = 1000
+    tensorboard: bool = False
 
 
 CHOICES = {

@@ -367,6 +367,7 @@ def train(
     steps = num_batches(len(data.train), cfg.batch_size, drop_last=False)
     if out is not None and dist.main:
         _rewrite_metrics(out / "metrics.jsonl", history.epochs)
+    board = _tensorboard(out) if cfg.tensorboard and out is not None and dist.main else None
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         lr = lr_at(epoch, cfg)
@@ -449,9 +450,24 @@ def train(
             )
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
+            if board is not None:
+                for k, v in rec.items():
+                    if isinstance(v, float | int) and k != "epoch":
+                        board.add_scalar(k, v, epoch)
+                board.flush()
     if out is not None and dist.main:
         (out / "summary.json").write_text(json.dumps(history.summary(), indent=2) + "\n")
     return history
+
+
+def _tensorboard(out: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise OnebitError(
+            "train.tensorboard = true needs the tensorboard package: pip install tensorboard."
+        ) from None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def _rewrite_metrics(path: Path, epochs: list[dict[str, Any]]) -> None:

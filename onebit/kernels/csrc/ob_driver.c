@@ -295,6 +295,22 @@ static int im2col_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, in
     return 0;
 }
 
+static int64_t popcount_words(const uint64_t *q, int64_t n) {
+    int64_t pc = 0;
+    for (int64_t j = 0; j < n; j++) pc += __builtin_popcountll(q[j]);
+    return pc;
+}
+
+#if OB_X86
+__attribute__((target("popcnt"))) static int64_t popcount_words_hw(const uint64_t *q, int64_t n) {
+    int64_t pc = 0;
+    for (int64_t j = 0; j < n; j++) pc += __builtin_popcountll(q[j]);
+    return pc;
+}
+#else
+#define popcount_words_hw popcount_words
+#endif
+
 /* Padded taps were fed to the GEMM as all-zero bits, i.e. as +1 inputs: remove their
  * contribution corr[t][o] = Cin - 2 * popcount(w[o] at tap t). */
 static int fixup_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
@@ -355,10 +371,11 @@ int ob_binary_conv2d(const uint64_t *xbits, const uint64_t *w, int32_t *out, int
         return -1;
     }
     const uint64_t *wc = wclean ? wclean : w;
+    const int hw_popcnt = ob_isa_supported(OB_ISA_AVX2);
     for (int64_t t = 0; t < taps; t++) {
         for (int64_t o = 0; o < Cout; o++) {
-            int64_t pc = 0;
-            for (int64_t j = 0; j < Cw; j++) pc += __builtin_popcountll(wc[o * KK + t * Cw + j]);
+            const uint64_t *q = wc + o * KK + t * Cw;
+            const int64_t pc = hw_popcnt ? popcount_words_hw(q, Cw) : popcount_words(q, Cw);
             corr[t * Cout + o] = (int32_t)(Cin - 2 * pc);
         }
     }
