@@ -1,24 +1,40 @@
 """onebit: train, compare, pack and run binary-weight neural networks.
 
-import onebit
-model = onebit.models.build("mlp", in_shape=(1, 28, 28), num_classes=10)
-method = onebit.methods.BinaryConnect()
-onebit.binarize_(model, method)
+    import onebit
+    model = onebit.models.build("mlp", in_shape=(1, 28, 28), num_classes=10)
+    method = onebit.methods.BinaryConnect()
+    onebit.binarize_(model, method)
+    history = onebit.train(model, method, data, cfg)
+
+Attributes are imported on first use, so ``import onebit.runtime`` (the packed-model runtime)
+loads neither torch nor the training code.
 """
 
-from onebit import methods, models
-from onebit.convert import binarize_, summary, unbinarize_
-from onebit.errors import OnebitError
-from onebit.train import evaluate, train
+from __future__ import annotations
 
-__all__ = [
-    "OnebitError",
-    "binarize_",
-    "evaluate",
-    "methods",
-    "models",
-    "summary",
-    "train",
-    "unbinarize_",
-]
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "OnebitError": ("onebit.errors", "OnebitError"),
+    "binarize_": ("onebit.convert", "binarize_"),
+    "unbinarize_": ("onebit.convert", "unbinarize_"),
+    "summary": ("onebit.convert", "summary"),
+    "train": ("onebit.train", "train"),
+    "evaluate": ("onebit.train", "evaluate"),
+    "methods": ("onebit.methods", None),
+    "models": ("onebit.models", None),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'onebit' has no attribute {name!r}") from None
+    mod = importlib.import_module(module)
+    return mod if attr is None else getattr(mod, attr)

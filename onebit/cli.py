@@ -1,4 +1,4 @@
-"""The ``onebit`` command line, thin over the API: train, eval, data.
+"""The ``onebit`` command line, thin over the API: train, eval, data, compare, report.
 
 Bad input ends in one sentence on stderr and exit status 2, never a traceback from deep inside.
 """
@@ -95,6 +95,76 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("action", choices=("where", "download"))
     d.add_argument("name", help="mnist, fashion-mnist or cifar10")
     d.add_argument("--root", metavar="DIR", help="data folder")
+
+    c = sub.add_parser(
+        "compare",
+        help="train several methods x seeds under one config, side by side",
+        formatter_class=fmt,
+        description="Train every method on the config's model, data and budget, once per seed, "
+        "as a grid of resumable runs in <out>/<name>/<method>-s<seed>/ executed by worker "
+        "processes; a finished run is never redone, so running the same command again after a "
+        "kill finishes the grid. Writes results.md/.csv/.json and plots/ into <out>/<name>/.",
+        epilog=_methods_help()
+        + "\n\nexamples:\n  onebit compare configs/fmnist_mlp.toml --methods fp,bc,bwn --seeds 0 1 2\n"
+        "  onebit compare configs/fmnist_mlp.toml --methods fp,bc --seeds 0 1 --workers 1 "
+        "--set train.epochs=2 --out runs/quick\n",
+    )
+    c.add_argument("config", help="TOML config file")
+    c.add_argument(
+        "--methods",
+        required=True,
+        metavar="A,B,...",
+        help="methods to compare (options reset to defaults unless the config's [method] names it)",
+    )
+    c.add_argument(
+        "--seeds", type=int, nargs="+", metavar="N", help="seeds (default: the config's)"
+    )
+    c.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="worker processes (default 2; 1: in-process)",
+    )
+    c.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. train.epochs=20",
+    )
+    c.add_argument("--out", metavar="DIR", help="runs folder (default: the config's out, runs)")
+    c.add_argument("--data-root", metavar="DIR", help="data folder")
+    c.add_argument("--no-plots", action="store_true", help="write the tables only")
+    c.add_argument(
+        "--record",
+        metavar="DIR",
+        help="also copy config, environment, metrics, tables, plots and the command into DIR "
+        "(e.g. records/2026-11-22_fmnist_mlp)",
+    )
+
+    r = sub.add_parser(
+        "report",
+        help="rebuild tables and plots from run folders; regenerate the README results table",
+        formatter_class=fmt,
+        description="Rebuild results.md/.csv/.json and plots/ from run folders (or comparison "
+        "folders holding them) without training anything; or, with --readme, regenerate the "
+        "README's results table from records/.",
+        epilog="examples:\n  onebit report runs/fmnist_mlp\n"
+        "  onebit report runs/a/bc-s0 runs/b/fp-s0 --out reports/ab\n"
+        "  onebit report --readme README.md --records records --check\n",
+    )
+    r.add_argument("runs", nargs="*", metavar="RUNS", help="run folders or comparison folders")
+    r.add_argument("--out", metavar="DIR", help="where the report goes (default: the runs' folder)")
+    r.add_argument("--no-plots", action="store_true", help="write the tables only")
+    r.add_argument("--readme", metavar="FILE", help="regenerate the results table of FILE")
+    r.add_argument(
+        "--records", metavar="DIR", default="records", help="records folder (default: records)"
+    )
+    r.add_argument(
+        "--check", action="store_true", help="with --readme: exit 1 if FILE is out of date"
+    )
     return p
 
 
@@ -174,6 +244,113 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    from onebit.compare import compare
+    from onebit.config import load_config
+    from onebit.report import format_table, markdown_table, table_columns
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f'out="{args.out}"')
+    if args.data_root:
+        overrides.append(f'data.root="{args.data_root}"')
+    cfg = load_config(args.config, overrides)
+    seeds = args.seeds if args.seeds is not None else [cfg.train.seed]
+
+    def show_plan(jobs: list) -> None:
+        log.info("comparing %d runs in %s/%s: %s", len(jobs), cfg.out, cfg.name,
+                 ", ".join(j.key for j in jobs))  # fmt: skip
+
+    try:
+        res = compare(
+            cfg,
+            args.methods.split(","),
+            seeds,
+            workers=args.workers,
+            plots=not args.no_plots,
+            on_plan=show_plan,
+        )
+    except KeyboardInterrupt:
+        log.error("interrupted; run the same command again to continue where it stopped")
+        return 130
+    table = res.results["table"]
+    print(markdown_table(format_table(table), table_columns(table)))
+    print(f"\nresults: {res.folder / 'results.md'}")
+    if args.record:
+        from onebit.records import write_record
+
+        write_record(
+            args.record,
+            res.rows,
+            [j.run_dir for j in res.jobs if (j.run_dir / "summary.json").is_file()],
+            sys.argv[1:] if argv is None else argv,
+            title=cfg.name,
+            config_file=args.config,
+            report_dir=res.folder,
+        )
+        print(f"record: {args.record}")
+    if res.failed:
+        for key, why in res.failed.items():
+            print(f"onebit: error: run {key} failed: {why}", file=sys.stderr)
+        print(
+            "onebit: error: run the same command again to retry the failed runs.", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from onebit.report import (
+        find_runs,
+        format_table,
+        markdown_table,
+        read_run,
+        table_columns,
+        write_results,
+    )
+
+    if args.readme:
+        from onebit.records import README_COMMAND, update_readme
+
+        if args.runs:
+            raise OnebitError("--readme regenerates the README from --records; drop RUNS.")
+        differs = update_readme(args.readme, args.records, check=args.check)
+        if args.check and differs:
+            print(
+                f"onebit: {args.readme} disagrees with {args.records}/; run: {README_COMMAND}",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{args.readme}: {'updated' if differs else 'up to date'}")
+        return 0
+    if args.check:
+        raise OnebitError("--check goes with --readme FILE.")
+    if not args.runs:
+        raise OnebitError("give run folders or a comparison folder (or --readme FILE).")
+    run_dirs = find_runs(args.runs)
+    rows = [r for r in (read_run(d) for d in run_dirs) if r is not None]
+    for d in run_dirs:
+        if not (d / "summary.json").is_file():
+            log.warning("%s has not finished; left out of the table", d)
+    if not rows:
+        raise OnebitError("none of the given runs has finished (no summary.json).")
+    if args.out:
+        out = Path(args.out)
+    else:
+        parents = {d.resolve().parent for d in run_dirs}
+        if len(parents) > 1:
+            raise OnebitError(
+                "the runs live in different folders; say where the report goes with --out."
+            )
+        out = run_dirs[0].parent
+    names = {r["name"] for r in rows}
+    doc = write_results(out, rows, names.pop() if len(names) == 1 else out.name, run_dirs,
+                        plots=not args.no_plots)  # fmt: skip
+    print(markdown_table(format_table(doc["table"]), table_columns(doc["table"])))
+    print(f"\nresults: {out / 'results.md'}")
+    return 0
+
+
 def _data(args: argparse.Namespace) -> int:
     from onebit import data
 
@@ -195,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args, argv)
+        if args.command == "compare":
+            return _compare(args, argv)
+        if args.command == "report":
+            return _report(args)
         return {"eval": _eval, "data": _data}[args.command](args)
     except OnebitError as e:
         print(f"onebit: error: {e}", file=sys.stderr)

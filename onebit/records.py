@@ -1,24 +1,47 @@
 """Records: the light, committed copy of runs a README quotes, with the command that remakes them.
 
-``records/<date>_<name>/`` holds, per run, ``config.json``, ``env.json``, ``metrics.jsonl`` and
-``summary.json`` (no checkpoints), plus ``results.json`` (one row per run), ``README.md`` (the
-table, mean ± std over seeds) and ``command.sh``.
+``records/<date>_<name>/`` holds, per run, ``runs/<run>/{config,env,summary}.json`` and
+``metrics.jsonl`` (no checkpoints), plus ``results.json``, ``README.md`` (the table, mean ± std
+over seeds), ``command.sh`` (the one command that makes it again) and ``env.json`` (commit, torch
+version, machine, threads). A record of ``onebit compare`` also holds the config file it was made
+from (``config.toml``), ``results.md``, ``results.csv`` and ``plots/*.png``.
+
+The README's results table is generated from ``records/`` (:func:`update_readme`): the text between
+``<!-- results:start -->`` and ``<!-- results:end -->`` is replaced, and ``check=True`` only says
+whether it would change (a test holds the two in agreement).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from onebit.report import aggregate, markdown_table
+from onebit.errors import OnebitError
+from onebit.report import (
+    aggregate,
+    format_table,
+    markdown_table,
+    summarize,
+    write_text_atomic,
+)
 
-__all__ = ["TABLE_COLUMNS", "write_record"]
+__all__ = [
+    "README_END",
+    "README_START",
+    "TABLE_COLUMNS",
+    "readme_block",
+    "record_rows",
+    "update_readme",
+    "write_record",
+]
 
-LIGHT_FILES = ("config.json", "env.json", "metrics.jsonl", "summary.json")
+LIGHT_FILES = ("config.json", "env.json", "metrics.jsonl", "summary.json", "sensitivity.json")
+REPORT_FILES = ("results.md", "results.csv", "results.json")
 TABLE_COLUMNS = [
     "method",
     "seeds",
@@ -30,6 +53,14 @@ TABLE_COLUMNS = [
     "float_params",
     "size",
 ]
+README_START = "<!-- results:start -->"
+README_END = "<!-- results:end -->"
+README_COMMAND = "onebit report --readme README.md --records records"
+
+
+def _env_line(env: dict[str, Any]) -> str:
+    keys = ("commit", "torch", "machine", "threads", "date")
+    return ", ".join(f"{k} {env[k]}" for k in keys if k in env)
 
 
 def write_record(
@@ -38,8 +69,25 @@ def write_record(
     run_dirs: Sequence[Path],
     argv: Sequence[str],
     title: str = "",
+    *,
+    config_file: str | Path | None = None,
+    report_dir: str | Path | None = None,
 ) -> Path:
-    """Copy the light files of ``run_dirs`` into ``path`` and write the table and the command."""
+    """Copy the light files of ``run_dirs`` into ``path`` and write the table and the command.
+
+    Args:
+        path: the record folder, e.g. ``records/2026-11-22_fmnist_mlp``.
+        rows: one row per run (``RunResult.row()`` or ``onebit.report.read_run``).
+        run_dirs: the run folders whose light files (no checkpoints) are copied to ``runs/``.
+        argv: the ``onebit`` arguments that remake the record (written to ``command.sh``).
+        title: the README title (default: the folder name).
+        config_file: the config file the runs were made from, copied as ``config.toml``.
+        report_dir: a folder holding ``results.{md,csv,json}`` and ``plots/`` (a comparison
+            folder), copied into the record; its ``results.md`` then heads the record's README.
+
+    Returns:
+        The record folder.
+    """
     out = Path(path)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     for d in run_dirs:
@@ -49,23 +97,122 @@ def write_record(
             if (Path(d) / name).exists():
                 shutil.copy2(Path(d) / name, dest / name)
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    if config_file is not None:
+        shutil.copy2(config_file, out / "config.toml")
+    if report_dir is not None:
+        src = Path(report_dir)
+        for name in REPORT_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, out / name)
+        if (src / "plots").is_dir():
+            shutil.copytree(src / "plots", out / "plots", dirs_exist_ok=True)
     command = "onebit " + shlex.join(argv)
     (out / "command.sh").write_text(f"#!/bin/sh\n# remakes this record\n{command}\n")
-    env = json.loads((Path(run_dirs[0]) / "env.json").read_text()) if run_dirs else {}
+    os.chmod(out / "command.sh", 0o755)
+    first_env = Path(run_dirs[0]) / "env.json" if run_dirs else None
+    env = json.loads(first_env.read_text()) if first_env and first_env.is_file() else {}
+    if env:
+        (out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
+    if report_dir is not None and (out / "results.md").is_file():
+        head = (out / "results.md").read_text().rstrip("\n").splitlines()
+        if title:
+            head[0] = f"# {title}"
+    else:
+        head = [
+            f"# {title or out.name}",
+            "",
+            "Test accuracy of the hard-binarized model (sign(w) times the scale), mean ± std over seeds.",
+            "",
+            markdown_table(aggregate(rows), TABLE_COLUMNS),
+        ]
     lines = [
-        f"# {title or out.name}",
-        "",
-        "Test accuracy of the hard-binarized model (sign(w) times the scale), mean ± std over seeds.",
-        "",
-        markdown_table(aggregate(rows), TABLE_COLUMNS),
+        *head,
         "",
         f"Made with `{command}`",
         "",
-        "Environment of the first run: "
-        + ", ".join(
-            f"{k} {env[k]}" for k in ("commit", "torch", "machine", "threads", "date") if k in env
-        ),
+        "Environment of the first run: " + _env_line(env),
         "",
     ]
     (out / "README.md").write_text("\n".join(lines))
     return out
+
+
+# --- the README's results table --------------------------------------------------------------
+
+
+def record_rows(record: str | Path) -> list[dict[str, Any]]:
+    """The per-run rows of a record's ``results.json`` (a list of rows, or a ``{"runs": ...}``
+    document written by ``onebit compare``)."""
+    path = Path(record) / "results.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise OnebitError(f"{path} is not readable JSON ({type(e).__name__}).") from None
+    rows = doc.get("runs") if isinstance(doc, dict) else doc
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "method" in r for r in rows):
+        raise OnebitError(f"{path} holds no run rows; was it written by onebit?")
+    return rows
+
+
+def readme_block(records: str | Path, readme: str | Path) -> str:
+    """The generated text between the README markers: one table over every record (each row
+    linking to its record folder) and each record's accuracy plot."""
+    root = Path(records)
+    base = Path(readme).resolve().parent
+    folders = (
+        sorted(d for d in root.iterdir() if (d / "results.json").is_file()) if root.is_dir() else []
+    )
+    lines = [f"<!-- generated from {root.name}/ by `{README_COMMAND}`; do not edit -->", ""]
+    if not folders:
+        return "\n".join([*lines, "No records yet.", ""])
+    table: list[dict[str, str]] = []
+    plots: list[str] = []
+    for d in folders:
+        link = Path(os.path.relpath(d.resolve(), base)).as_posix()
+        summary = summarize(record_rows(d))
+        table += [{"record": f"[{d.name}]({link}/)", **row} for row in format_table(summary)]
+        if (d / "plots" / "accuracy.png").is_file():
+            plots.append(f"![{d.name}: test accuracy per epoch]({link}/plots/accuracy.png)")
+    cols = ["record", "method", "seeds", "test_best_val", "test_last", "gap", "epochs", "size"]
+    lines += [
+        "Test accuracy (%) of the hard-binarized model, mean ± std over seeds (best-validation "
+        "epoch and last epoch); gap to the full-precision twin in points.",
+        "",
+        markdown_table(table, cols),
+        "",
+    ]
+    for p in plots:
+        lines += [p, ""]
+    return "\n".join(lines)
+
+
+def update_readme(readme: str | Path, records: str | Path, check: bool = False) -> bool:
+    """Replace the README text between the results markers with :func:`readme_block`.
+
+    Args:
+        readme: the README file.
+        records: the records folder.
+        check: only compare, write nothing.
+
+    Returns:
+        True when the README differs from the records (and, without ``check``, was rewritten).
+
+    Raises:
+        OnebitError: the README is missing or lacks the two markers.
+    """
+    path = Path(readme)
+    if not path.is_file():
+        raise OnebitError(f"{path} does not exist.")
+    text = path.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise OnebitError(
+            f"{path} has no results table markers; add the lines {README_START} and {README_END}."
+        )
+    head = text[: start + len(README_START)]
+    new = head + "\n" + readme_block(records, path) + text[end:]
+    if new == text:
+        return False
+    if not check:
+        write_text_atomic(path, new)
+    return True

@@ -140,11 +140,11 @@ OB_T2 OB_INL void y_bf_tile(const float *xp, int64_t ldxp, const uint64_t *w, in
     const __m256i eight = _mm256_set1_epi32(8);
     const int64_t dwords = 2 * Kw;
     for (int64_t n = n0; n < n1; n++) {
-        const uint32_t *wd = (const uint32_t *)(w + n * ldw);
+        const uint64_t *wr = w + n * ldw;
         __m256 acc[Y_BMR];
         for (int i = 0; i < mr; i++) acc[i] = _mm256_setzero_ps();
         for (int64_t d = 0; d < dwords; d++) {
-            const __m256i bb = _mm256_set1_epi32((int)wd[d]);
+            const __m256i bb = _mm256_set1_epi32((int)(uint32_t)(wr[d >> 1] >> (32 * (d & 1))));
             __m256i sh = sh0;
             for (int j = 0; j < 4; j++) {
                 const __m256 s =

@@ -202,7 +202,12 @@ OB_T512 static int z_xnor(const ob_xnor_args *p, int64_t m0, int64_t m1, int64_t
  */
 #define Z_BNV 4
 #define Z_BNB (16 * Z_BNV)
+#ifndef Z_BMR
 #define Z_BMR 4
+#endif
+#ifndef Z_ACC_MODE
+#define Z_ACC_MODE 1
+#endif
 #define Z_LUT_BUDGET 32768 /* (rows in block) * (K bits in block) -> 16 B per bit: 512 KiB */
 
 OB_T512 OB_INL void z_transpose16x16_epi32(__m512i r[16]) {
@@ -280,6 +285,7 @@ OB_T512 static void z_build_lut(const float *xpad, int64_t G, float *lut) {
 OB_T512 OB_INL void z_bf_tile(const float *lut, int64_t G, const uint32_t *wt, int64_t Q,
                               float *y, int64_t ldy, const int mr, const int nv, int64_t ncols,
                               int first, int last, const float *alpha, const float *bias) {
+    const __m512 one = _mm512_set1_ps(1.0f);
     __m512 acc[Z_BMR][Z_BNV];
 #pragma GCC unroll 4
     for (int i = 0; i < mr; i++) {
@@ -300,7 +306,15 @@ OB_T512 OB_INL void z_bf_tile(const float *lut, int64_t G, const uint32_t *wt, i
                 const __m512 t = _mm512_load_ps(lq + i * G * 16 + j * 16);
 #pragma GCC unroll 4
                 for (int v = 0; v < nv; v++) {
-                    acc[i][v] = _mm512_add_ps(acc[i][v], _mm512_permutexvar_ps(idx[v], t));
+                    const __m512 e = _mm512_permutexvar_ps(idx[v], t);
+#if Z_ACC_MODE == 0
+                    acc[i][v] = _mm512_add_ps(acc[i][v], e);
+#elif Z_ACC_MODE == 1
+                    acc[i][v] = _mm512_fmadd_ps(e, one, acc[i][v]);
+#else
+                    if ((i + v) & 1) acc[i][v] = _mm512_fmadd_ps(e, one, acc[i][v]);
+                    else acc[i][v] = _mm512_add_ps(acc[i][v], e);
+#endif
                 }
             }
             if (j < 7) {
@@ -341,6 +355,10 @@ OB_T512 static void z_bf_dispatch(const float *lut, int64_t G, const uint32_t *w
         Z_BCASES(2)
         Z_BCASES(3)
         Z_BCASES(4)
+#if Z_BMR > 4
+        Z_BCASES(5)
+        Z_BCASES(6)
+#endif
         default:
             break;
     }
@@ -457,7 +475,8 @@ OB_T512 static void z_scale_bias(const int32_t *y, int64_t ldy, const float *alp
             const __mmask16 lm = nq >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nq) - 1u);
             const __m512 v = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(lm, yr + n));
             const __m512 prod = _mm512_mul_ps(_mm512_maskz_loadu_ps(lm, alpha + n), v);
-            _mm512_mask_storeu_ps(o + n, lm, _mm512_add_ps(prod, _mm512_maskz_loadu_ps(lm, beta + n)));
+            const __m512 b = _mm512_maskz_loadu_ps(lm, beta + n);
+            _mm512_mask_storeu_ps(o + n, lm, _mm512_add_ps(prod, b));
         }
     }
 }
