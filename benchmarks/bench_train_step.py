@@ -19,7 +19,7 @@ from torch.nn import functional as F
 import onebit
 from onebit.config import TrainConfig
 from onebit.runs import environment
-from onebit.train import make_optimizer
+from onebit.training import make_optimizer
 
 
 def make(method_name: str, compile_: bool) -> tuple[torch.nn.Module, object, torch.optim.Optimizer]:

@@ -22,8 +22,8 @@ _LAZY = {
     "binarize_": ("onebit.convert", "binarize_"),
     "unbinarize_": ("onebit.convert", "unbinarize_"),
     "summary": ("onebit.convert", "summary"),
-    "train": ("onebit.train", "train"),
-    "evaluate": ("onebit.train", "evaluate"),
+    "train": ("onebit.training", "train"),
+    "evaluate": ("onebit.training", "evaluate"),
     "methods": ("onebit.methods", None),
     "models": ("onebit.models", None),
 }

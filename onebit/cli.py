@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from onebit.config import Config, load_config
-    from onebit.report import aggregate, markdown_table
+    from onebit.report import format_table, markdown_table, summarize, table_columns
     from onebit.runs import load_data, new_run_dir, run
 
     overrides = list(args.overrides)
@@ -219,9 +219,8 @@ def _train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         run_dirs.append(run_dir)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, only the main process reports
         return 0
-    cols = ["method", "seeds", "test_best_val", "test_last", "s_per_epoch"]
-    cols += ["binary_params", "float_params", "size"]
-    print(markdown_table(aggregate(rows), cols))
+    summary = summarize(rows)
+    print(markdown_table(format_table(summary), table_columns(summary)))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     if args.record:
@@ -233,7 +232,7 @@ def _train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from onebit.runs import load_data, load_run
-    from onebit.train import evaluate
+    from onebit.training import evaluate
 
     cfg, model, _method, _state = load_run(args.run, "last" if args.last else "best")
     if args.data_root:
@@ -304,6 +303,7 @@ def _report(args: argparse.Namespace) -> int:
         find_runs,
         format_table,
         markdown_table,
+        mixed_methods,
         read_run,
         table_columns,
         write_results,
@@ -329,6 +329,8 @@ def _report(args: argparse.Namespace) -> int:
         raise OnebitError("give run folders or a comparison folder (or --readme FILE).")
     run_dirs = find_runs(args.runs)
     rows = [r for r in (read_run(d) for d in run_dirs) if r is not None]
+    for name in mixed_methods(run_dirs):
+        log.warning("the %s runs differ in more than their seed; their row mixes configs", name)
     for d in run_dirs:
         if not (d / "summary.json").is_file():
             log.warning("%s has not finished; left out of the table", d)

@@ -374,7 +374,9 @@ def compare(
     todo = [j for j in jobs if states[j.key] != "done"]
     workers = min(workers, max(1, len(todo)))
     # train.threads > 0 is applied by train(); in-process runs keep torch's threads
-    threads = 0 if workers == 1 or cfg.train.threads > 0 else (os.cpu_count() or 1) // workers
+    threads = (
+        0 if workers == 1 or cfg.train.threads > 0 else max(1, (os.cpu_count() or 1) // workers)
+    )
     done = set(result.skipped)
     result.ran = _execute(todo, done, workers, threads, result.failed)
     result.rows = [r for r in (read_run(j.run_dir) for j in jobs) if r is not None]

@@ -23,17 +23,16 @@ from typing import Any
 
 from onebit.errors import OnebitError
 from onebit.report import (
-    aggregate,
     format_table,
     markdown_table,
     summarize,
+    table_columns,
     write_text_atomic,
 )
 
 __all__ = [
     "README_END",
     "README_START",
-    "TABLE_COLUMNS",
     "readme_block",
     "record_rows",
     "update_readme",
@@ -42,17 +41,6 @@ __all__ = [
 
 LIGHT_FILES = ("config.json", "env.json", "metrics.jsonl", "summary.json", "sensitivity.json")
 REPORT_FILES = ("results.md", "results.csv", "results.json")
-TABLE_COLUMNS = [
-    "method",
-    "seeds",
-    "test_best_val",
-    "test_last",
-    "epochs",
-    "s_per_epoch",
-    "binary_params",
-    "float_params",
-    "size",
-]
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 README_COMMAND = "onebit report --readme README.md --records records"
@@ -118,12 +106,13 @@ def write_record(
         if title:
             head[0] = f"# {title}"
     else:
+        summary = summarize(rows)
         head = [
             f"# {title or out.name}",
             "",
             "Test accuracy of the hard-binarized model (sign(w) times the scale), mean ± std over seeds.",
             "",
-            markdown_table(aggregate(rows), TABLE_COLUMNS),
+            markdown_table(format_table(summary), table_columns(summary)),
         ]
     lines = [
         *head,

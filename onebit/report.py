@@ -28,7 +28,6 @@ from onebit.errors import OnebitError
 
 __all__ = [
     "COMPARE_COLUMNS",
-    "aggregate",
     "find_runs",
     "format_table",
     "human_bytes",
@@ -36,6 +35,7 @@ __all__ = [
     "make_plots",
     "markdown_table",
     "mean_std",
+    "mixed_methods",
     "read_run",
     "results_doc",
     "results_markdown",
@@ -64,33 +64,6 @@ def human_bytes(n: float) -> str:
 
 def _pct(m: float, s: float, n: int) -> str:
     return f"{100 * m:.2f} ± {100 * s:.2f}" if n > 1 else f"{100 * m:.2f}"
-
-
-def aggregate(rows: list[dict[str, Any]], by: str = "method") -> list[dict[str, Any]]:
-    """One row per value of ``by`` (in first-seen order), mean ± std over the rows (seeds) in it."""
-    groups: dict[Any, list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(r[by], []).append(r)
-    out = []
-    for key, rs in groups.items():
-        n = len(rs)
-        best = mean_std([r["test_acc_best_val"] for r in rs])
-        last = mean_std([r["test_acc_last"] for r in rs])
-        secs = statistics.fmean(r["seconds"] / max(r["epochs"], 1) for r in rs)
-        out.append(
-            {
-                by: key,
-                "seeds": n,
-                "test_best_val": _pct(*best, n),
-                "test_last": _pct(*last, n),
-                "epochs": rs[0]["epochs"],
-                "s_per_epoch": f"{secs:.1f}",
-                "binary_params": f"{rs[0]['binary_params']:,}",
-                "float_params": f"{rs[0]['float_params']:,}",
-                "size": human_bytes(rs[0]["size_bytes"]),
-            }
-        )
-    return out
 
 
 HEADERS = {
@@ -206,6 +179,22 @@ def read_run(run_dir: str | Path) -> dict[str, Any] | None:
     method = summary.get("method", cfg.get("method", {}).get("name", "?"))
     seed = summary.get("seed", cfg.get("train", {}).get("seed", 0))
     return {"run": d.name, "name": cfg.get("name", ""), **summary, "method": method, "seed": seed}
+
+
+def mixed_methods(run_dirs: Sequence[Path]) -> list[str]:
+    """Methods whose runs among ``run_dirs`` differ in more than seed and ``out``: a table row
+    would average over different budgets (the report says so, and still makes the table)."""
+    seen: dict[str, Any] = {}
+    mixed: list[str] = []
+    for d in run_dirs:
+        if not (Path(d) / "config.json").is_file():
+            continue
+        cfg = read_json(Path(d) / "config.json")
+        cfg = {**cfg, "out": None, "train": {**cfg.get("train", {}), "seed": None}}
+        name = cfg.get("method", {}).get("name", "?")
+        if seen.setdefault(name, cfg) != cfg and name not in mixed:
+            mixed.append(name)
+    return mixed
 
 
 def _method_rank(name: str) -> tuple[int, str]:

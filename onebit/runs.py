@@ -27,7 +27,7 @@ from onebit.data import Dataset, load_dataset
 from onebit.errors import OnebitError
 from onebit.methods import Method
 from onebit.models import build, model_options
-from onebit.train import History, load_checkpoint, load_model_state, seed_everything, train
+from onebit.training import History, load_checkpoint, load_model_state, seed_everything, train
 
 __all__ = [
     "RunResult",
@@ -163,11 +163,14 @@ def run(
     model, method = build_model(cfg, data.input_shape, data.num_classes)
     out = Path(run_dir) if run_dir is not None else None
     is_main = int(os.environ.get("RANK", "0")) == 0
+    if cfg.train.threads > 0:  # before env.json records the thread count
+        torch.set_num_threads(cfg.train.threads)
     if out is not None and is_main:
         out.mkdir(parents=True, exist_ok=True)
         if resume and (out / "config.json").exists():
             saved = json.loads((out / "config.json").read_text())
-            if saved != cfg.to_dict():
+            # where the runs folder is spelled from does not change the run
+            if {**saved, "out": None} != {**cfg.to_dict(), "out": None}:
                 raise OnebitError(
                     f"{out} was trained with another config; resume it without --set."
                 )

@@ -10,7 +10,7 @@ from onebit.config import Config, TrainConfig, build_method
 from onebit.layers import is_binary_layer
 from onebit.methods import METHODS
 from onebit.models import build
-from onebit.train import LOSSES, make_optimizer
+from onebit.training import LOSSES, make_optimizer
 from tests.conftest import tiny_dataset
 
 

@@ -12,9 +12,13 @@ length are zero in everything these kernels produce (and ignored in their inputs
 Conv weights are packed as ``(Cout, KH, KW, ceil(Cin / 64))`` uint64 (see
 :func:`pack_conv_weight`); activations are NHWC.
 
-Threads: each op takes ``threads=`` (``None`` uses the global setting of
-:func:`set_num_threads`, whose default is OpenMP's, i.e. ``OMP_NUM_THREADS`` or all cores).
-Small problems use fewer threads automatically.
+Threads: each op takes ``threads=``; ``None`` uses the global setting of
+:func:`set_num_threads`, whose default (0) is OpenMP's current thread count: ``OMP_NUM_THREADS``
+or all cores, and, because torch shares the same OpenMP runtime in-process, whatever
+``torch.set_num_threads`` last set.  Small problems use fewer threads automatically.
+
+Dispatch: the best path this CPU supports is used (:func:`get_isa`); :func:`set_isa` forces one
+of :func:`available_isas` (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -111,7 +115,7 @@ def set_isa(name: str | None) -> None:
 
 
 def set_num_threads(n: int) -> None:
-    """Global thread count for the kernels (``0`` = OpenMP default)."""
+    """Global thread count for the kernels (``0`` = OpenMP's current default)."""
     global _py_threads
     if not isinstance(n, int) or n < 0:
         raise KernelInputError(f"thread count must be an int >= 0, got {n!r}.")
@@ -133,12 +137,20 @@ def get_num_threads() -> int:
 def _threads(threads: int | None) -> int:
     if threads is None:
         return 0
-    if not isinstance(threads, int) or threads < 1:
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise KernelInputError(f"threads must be a positive int or None, got {threads!r}.")
-    return threads
+    return int(threads)
 
 
 def _array(x: object, dtype: type[np.generic], ndim: int, name: str) -> np.ndarray:
+    if (  # fast path: the common case costs a few attribute reads
+        type(x) is np.ndarray
+        and x.dtype == dtype
+        and x.ndim == ndim
+        and x.flags.c_contiguous
+        and x.flags.aligned
+    ):
+        return x
     arr = np.asarray(x)
     if arr.dtype != dtype:
         raise KernelInputError(f"{name} must be {np.dtype(dtype).name}, got {arr.dtype}.")

@@ -6,17 +6,6 @@
 
 #include "ob_kernels.h"
 
-static inline int g_popcount64(uint64_t v) {
-#if defined(__GNUC__) || defined(__clang__)
-    return __builtin_popcountll(v);
-#else
-    v = v - ((v >> 1) & 0x5555555555555555ULL);
-    v = (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL);
-    v = (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
-    return (int)((v * 0x0101010101010101ULL) >> 56);
-#endif
-}
-
 static void g_pack_bits(const float *x, int64_t ldx, uint64_t *out, int64_t ldo, int64_t rows,
                         int64_t K) {
     const int64_t Kw = ob_ceil_div(K, 64);
@@ -33,15 +22,36 @@ static void g_pack_bits(const float *x, int64_t ldx, uint64_t *out, int64_t ldo,
     }
 }
 
+/* Per-byte bit counts of v (each byte 0..8), branch-free SWAR. */
+static inline uint64_t g_byte_counts(uint64_t v) {
+    v = v - ((v >> 1) & 0x5555555555555555ULL);
+    v = (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL);
+    return (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
+}
+
+/* popcount(a ^ b) over n words.  Byte counts are summed for up to 31 words before they are
+ * folded, which keeps the loop free of multiplies and calls so compilers vectorize it. */
+static int64_t g_xor_popcount(const uint64_t *a, const uint64_t *b, int64_t n) {
+    int64_t total = 0;
+    for (int64_t k0 = 0; k0 < n; k0 += 31) {
+        const int64_t k1 = ob_min64(n, k0 + 31);
+        uint64_t acc = 0;
+        for (int64_t k = k0; k < k1; k++) acc += g_byte_counts(a[k] ^ b[k]);
+        acc = (acc & 0x00FF00FF00FF00FFULL) + ((acc >> 8) & 0x00FF00FF00FF00FFULL);
+        acc += acc >> 16;
+        acc += acc >> 32;
+        total += (int64_t)(acc & 0xFFFF);
+    }
+    return total;
+}
+
 static int g_xnor(const ob_xnor_args *p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     const int64_t Kw = p->Kw;
     for (int64_t m = m0; m < m1; m++) {
         const uint64_t *a = p->a + m * p->lda;
         int32_t *c = p->c + m * p->ldc;
         for (int64_t n = n0; n < n1; n++) {
-            const uint64_t *b = p->b + n * p->ldb;
-            int64_t pc = 0;
-            for (int64_t k = 0; k < Kw; k++) pc += g_popcount64(a[k] ^ b[k]);
+            const int64_t pc = g_xor_popcount(a, p->b + n * p->ldb, Kw);
             c[n] = (int32_t)(p->K - 2 * pc);
         }
     }

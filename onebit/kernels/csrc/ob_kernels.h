@@ -16,7 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(__x86_64__) || defined(_M_X64)
+/* OB_NO_X86 builds the portable path only, as on other architectures (used to test it). */
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(OB_NO_X86)
 #define OB_X86 1
 #else
 #define OB_X86 0

@@ -69,11 +69,11 @@ static PyObject *py_xnor_gemm(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*w*LLLi", &a, &b, &out, &M, &N, &K, &threads)) return NULL;
     int64_t akw = 0, bkw = 0, mn = 0;
     int err = 0;
-    if (K < 0 || check_dims(M, (K + 63) / 64, &akw, "xnor_gemm") ||
+    if (K < 0 || K > INT32_MAX || check_dims(M, (K + 63) / 64, &akw, "xnor_gemm") ||
         check_dims(N, (K + 63) / 64, &bkw, "xnor_gemm") || check_dims(M, N, &mn, "xnor_gemm") ||
         check_size(&a, akw, 8, "a") || check_size(&b, bkw, 8, "b") ||
         check_size(&out, mn, 4, "out")) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "xnor_gemm: K must be >= 0");
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "xnor_gemm: K must be in [0, 2**31)");
         PyBuffer_Release(&a);
         PyBuffer_Release(&b);
         PyBuffer_Release(&out);
@@ -145,7 +145,8 @@ static PyObject *py_binary_conv2d(PyObject *self, PyObject *args) {
     if (B < 0 || H < 0 || W < 0 || Cin < 1 || Cout < 0 || KH < 1 || KW < 1 || sh < 1 ||
         sw < 1 || ph < 0 || pw < 0 || H + 2 * ph < KH || W + 2 * pw < KW ||
         B > INT32_MAX || H > INT32_MAX || W > INT32_MAX || Cin > INT32_MAX || Cout > INT32_MAX ||
-        KH > 4096 || KW > 4096 || ph > INT32_MAX || pw > INT32_MAX) {
+        KH > 4096 || KW > 4096 || ph > INT32_MAX || pw > INT32_MAX ||
+        KH * KW * Cin > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "binary_conv2d: invalid geometry");
         bad = 1;
     }

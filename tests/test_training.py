@@ -14,7 +14,7 @@ from onebit.config import TrainConfig
 from onebit.errors import OnebitError
 from onebit.methods import BinaryConnect
 from onebit.models import build
-from onebit.train import load_checkpoint, lr_at, squared_hinge, train
+from onebit.training import load_checkpoint, lr_at, squared_hinge, train
 from tests.conftest import tiny_dataset
 
 
@@ -115,7 +115,7 @@ def test_no_validation_split_selects_on_test():
 
 
 def test_diagnostics_flip_rate_and_near_zero():
-    from onebit.train import diagnostics, weight_signs
+    from onebit.training import diagnostics, weight_signs
 
     model, _ = _model(dropout=0.0)
     layer = model[1]

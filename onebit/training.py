@@ -455,8 +455,6 @@ def train(
                     if isinstance(v, float | int) and k != "epoch":
                         board.add_scalar(k, v, epoch)
                 board.flush()
-    if out is not None and dist.main:
-        (out / "summary.json").write_text(json.dumps(history.summary(), indent=2) + "\n")
     return history
 
 

@@ -1,0 +1,196 @@
+"""onebit compare: a two-method, two-seed grid on a tiny .npz task, with workers, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from onebit.cli import main
+from onebit.compare import compare, plan
+from onebit.config import load_config
+from onebit.errors import OnebitError
+from onebit.methods import METHODS, BinaryConnect
+from tests.test_cli import _config
+
+GRID = ["fp-s0", "fp-s1", "bc-s0", "bc-s1"]
+
+
+_MADE: dict[str, Path] = {}
+
+
+def run_comparison(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``onebit compare`` of fp and bc, seeds 0 and 1, two worker processes, with a record.
+
+    Made once per test session (test_report uses it too); tests copy it before changing it.
+    """
+    if "tmp" not in _MADE:
+        tmp = tmp_path_factory.mktemp("compare")
+        cfg = _config(tmp, epochs=2)
+        argv = ["compare", str(cfg), "--methods", "fp,bc", "--seeds", "0", "1", "--workers", "2"]
+        argv += ["--out", str(tmp / "runs"), "--record", str(tmp / "rec")]
+        assert main(argv) == 0
+        _MADE["tmp"] = tmp
+    return _MADE["tmp"]
+
+
+@pytest.fixture
+def comparison(tmp_path_factory) -> Path:
+    return run_comparison(tmp_path_factory)
+
+
+def _decodes(path: Path) -> None:
+    assert path.stat().st_size > 0, path
+    with Image.open(path) as im:
+        im.load()
+        assert im.format == "PNG" and im.width > 100 and im.height > 100
+
+
+def test_grid_tables_plots_and_record(comparison):
+    folder = comparison / "runs" / "tiny"
+    for key in GRID:
+        run = folder / key
+        for f in ("config.json", "env.json", "metrics.jsonl", "summary.json", "last.pt"):
+            assert (run / f).is_file(), (key, f)
+        assert json.loads((run / "env.json").read_text())["threads"] == 1  # train.threads = 1
+    doc = json.loads((folder / "results.json").read_text())
+    assert [r["method"] for r in doc["table"]] == ["fp", "bc"]
+    assert all(r["seeds"] == 2 and r["seed_list"] == [0, 1] for r in doc["table"])
+    assert [r["run"] for r in doc["runs"]] == GRID
+    fp, bc = doc["table"]
+    assert fp["gap_best_val"] is None
+    assert bc["gap_best_val"] == pytest.approx(bc["test_best_val_mean"] - fp["test_best_val_mean"])
+    assert bc["binary_params"] == 16 * 32 + 32 * 4 and bc["size_bytes"] < fp["size_bytes"]
+    assert 50 < bc["test_last_mean"] <= 100
+    csv_lines = (folder / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 3 and csv_lines[0].startswith("method,seeds,test_best_val_mean")
+    assert csv_lines[1].startswith("fp,2,") and csv_lines[2].startswith("bc,2,")
+    md = (folder / "results.md").read_text()
+    assert "| fp " in md and "| bc " in md and "gap to fp (pts)" in md and " ± " in md
+    for name in ("accuracy", "weights", "flips"):
+        _decodes(folder / "plots" / f"{name}.png")
+        assert f"(plots/{name}.png)" in md
+    assert not (folder / "plots" / "sensitivity.png").exists()  # no run has a sensitivity.json
+
+    rec = comparison / "rec"
+    assert "onebit compare" in (rec / "command.sh").read_text()
+    assert "--methods fp,bc" in (rec / "command.sh").read_text()
+    assert (rec / "config.toml").read_text() == (comparison / "tiny.toml").read_text()
+    env = json.loads((rec / "env.json").read_text())
+    assert {"commit", "torch", "machine", "threads"} <= env.keys()
+    assert json.loads((rec / "results.json").read_text()) == doc
+    for key in GRID:
+        assert (rec / "runs" / key / "metrics.jsonl").is_file()
+        assert not (rec / "runs" / key / "last.pt").exists()  # records stay light
+    for name in ("accuracy", "weights", "flips"):
+        _decodes(rec / "plots" / f"{name}.png")
+    assert "| bc " in (rec / "README.md").read_text()
+
+
+def test_kill_and_resume_redoes_only_unfinished_runs(comparison, tmp_path, capsys):
+    """Copy the finished grid, make bc-s1 look killed after its first epoch, compare again."""
+    out = tmp_path / "runs"
+    shutil.copytree(comparison / "runs", out)
+    folder = out / "tiny"
+    killed = folder / "bc-s1"
+    (killed / "summary.json").unlink()
+    state = torch.load(killed / "last.pt", weights_only=True)
+    state["epoch"], state["history"] = 0, state["history"][:1]
+    torch.save(state, killed / "last.pt")
+    lines = (killed / "metrics.jsonl").read_text().splitlines()
+    (killed / "metrics.jsonl").write_text(lines[0] + "\n")
+    shutil.rmtree(folder / "fp-s1")  # and one run never started
+    before = {k: (folder / k / "summary.json").stat().st_mtime_ns for k in ("fp-s0", "bc-s0")}
+    cfg = comparison / "tiny.toml"
+    argv = ["compare", str(cfg), "--methods", "fp,bc", "--seeds", "0", "1", "--workers", "2"]
+    assert main([*argv, "--out", str(out)]) == 0  # another --out spelling of the same grid
+    assert "| bc " in capsys.readouterr().out
+    for k, t in before.items():
+        assert (folder / k / "summary.json").stat().st_mtime_ns == t, f"{k} was redone"
+    for k in GRID:
+        assert "size_bytes" in json.loads((folder / k / "summary.json").read_text())
+    assert len((killed / "metrics.jsonl").read_text().splitlines()) == 2
+    doc = json.loads((folder / "results.json").read_text())
+    assert [r["run"] for r in doc["runs"]] == GRID
+
+    # every run finished: a third call trains nothing
+    cfg_obj = load_config(cfg, [f'out="{out}"'])
+    res = compare(cfg_obj, ["fp", "bc"], [0, 1], workers=1, plots=False)
+    assert res.ran == [] and res.skipped == GRID and not res.failed
+
+
+def test_a_folder_of_another_config_is_an_error(comparison, tmp_path, capsys):
+    out = tmp_path / "runs"
+    shutil.copytree(comparison / "runs", out)
+    argv = ["compare", str(comparison / "tiny.toml"), "--methods", "bc", "--seeds", "0"]
+    code = main([*argv, "--out", str(out), "--set", "train.lr=0.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds a run of another config" in err and err.count("\n") == 1
+
+
+def test_bad_methods_and_seeds(tmp_path):
+    cfg = load_config(_config(tmp_path), [f'out="{tmp_path}"'])
+    with pytest.raises(OnebitError, match="unknown method 'nope'"):
+        plan(cfg, ["fp", "nope"], [0])
+    with pytest.raises(OnebitError, match="names a method twice"):
+        plan(cfg, ["bc", "bc"], [0])
+    with pytest.raises(OnebitError, match="distinct non-negative"):
+        plan(cfg, ["bc"], [0, 0])
+    with pytest.raises(OnebitError, match="at least 1"):
+        compare(cfg, ["bc"], [0], workers=0)
+
+
+def test_method_options_reset_unless_the_config_names_the_method(tmp_path):
+    cfg = load_config(_config(tmp_path), ["method.stochastic=true"])
+    jobs = {j.key: j for j in plan(cfg, ["bc", "bwn"], [3])}
+    assert jobs["bc-s3"].cfg.method.options == {"stochastic": True}
+    assert jobs["bwn-s3"].cfg.method.options == {}
+    assert jobs["bwn-s3"].cfg.train.seed == 3 and jobs["bwn-s3"].run_dir.name == "bwn-s3"
+    assert jobs["bwn-s3"].cfg.model.options == cfg.model.options
+
+
+@dataclass(frozen=True)
+class FromFP(BinaryConnect):
+    """A method that starts from a full-precision run: the pre-training hook."""
+
+    name = "fromfp"
+    pretrain = "fp"
+    init: str | None = None
+
+
+def test_pretraining_stage_joins_the_grid(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, "fromfp", FromFP)
+    cfg = load_config(_config(tmp_path), [f'out="{tmp_path / "runs"}"'])
+    jobs = plan(cfg, ["fromfp", "bc"], [0, 1])
+    assert [j.key for j in jobs] == ["fp-s0", "fromfp-s0", "fp-s1", "fromfp-s1", "bc-s0", "bc-s1"]
+    by = {j.key: j for j in jobs}
+    assert by["fromfp-s1"].needs == ("fp-s1",)
+    assert by["fromfp-s1"].cfg.method.options["init"] == str(by["fp-s1"].run_dir / "best.pt")
+    # fp is shared with the fp row when both are compared
+    assert [j.key for j in plan(cfg, ["fp", "fromfp"], [0])] == ["fp-s0", "fromfp-s0"]
+
+    res = compare(cfg, ["fromfp"], [0], workers=1, plots=False)
+    assert res.ran == ["fp-s0", "fromfp-s0"] and not res.failed
+    saved = json.loads((by["fromfp-s0"].run_dir / "config.json").read_text())
+    assert saved["method"]["init"].endswith("fp-s0/best.pt")
+    assert (by["fp-s0"].run_dir / "best.pt").is_file()
+
+    monkeypatch.setattr(FromFP, "pretrain", "fromfp")
+    with pytest.raises(OnebitError, match="cycle"):
+        plan(cfg, ["fromfp"], [0])
+
+
+def test_a_failed_dependency_fails_its_dependents(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, "fromfp", FromFP)
+    cfg = load_config(_config(tmp_path), [f'out="{tmp_path / "runs"}"'])
+    cfg.data.path = str(tmp_path / "missing.npz")
+    res = compare(cfg, ["fromfp"], [0], workers=1, plots=False)
+    assert set(res.failed) == {"fp-s0", "fromfp-s0"}
+    assert "missing.npz" in res.failed["fp-s0"]
+    assert res.failed["fromfp-s0"] == "its pre-training run fp-s0 failed"
+    assert res.rows == [] and res.results["table"] == []
