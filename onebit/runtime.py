@@ -1,0 +1,355 @@
+"""Run packed 1-bit models: the ``.onebit`` file format and a numpy + kernels interpreter.
+
+This module imports neither torch nor the training code: a packed model loads and runs with
+numpy, safetensors and ``onebit.kernels`` only.
+
+File format (version 1): a safetensors file (no pickle, safe to load from strangers) whose
+tensors are the packed weights (uint64 bit rows: bit = ``w >= 0``, i.e. +1), per-channel float32
+scales and shifts (the binary weight scale and BatchNorm folded together) and float weights of the
+layers kept in float; its string metadata holds
+
+- ``format = "onebit"``, ``format_version = "1"``;
+- ``graph``: JSON list of ops ``{"op", "name", "inputs", "attrs", "tensors"}`` in execution order;
+- ``input``: JSON ``{"shape": [C, H, W] or [F], "mean", "std"}`` (inputs are normalized by it);
+- ``checksums``: JSON ``{tensor name: sha256 of its bytes}``, checked on load;
+- ``source``: JSON describing where the model came from (config, method), informational.
+
+Tensors between ops are float32 ``(N, F)`` or NHWC ``(N, H, W, C)`` arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from onebit import kernels
+from onebit.errors import OnebitError
+from onebit.idx import read_idx
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "Op", "PackedModel", "load"]
+
+FORMAT = "onebit"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Op:
+    """One step of the packed graph: ``op`` kind, its input value names, attributes, tensor keys."""
+
+    op: str
+    name: str
+    inputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, str] = field(default_factory=dict)  # role -> tensor name in the file
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {
+            "op": self.op,
+            "name": self.name,
+            "inputs": self.inputs,
+            "attrs": self.attrs,
+            "tensors": self.tensors,
+        }
+
+
+Array = npt.NDArray[Any]
+
+
+def _im2col(x: Array, kh: int, kw: int, stride: tuple[int, int], pad: tuple[int, int]) -> Array:
+    """NHWC float ``x`` -> ``(N * Ho * Wo, kh * kw * C)`` patches, zero padded (float layers)."""
+    n, c = x.shape[0], x.shape[3]
+    ph, pw = pad
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))
+    # (N, Ho', Wo', C, kh, kw) -> strided -> (N, Ho, Wo, kh, kw, C)
+    win = win[:, :: stride[0], :: stride[1]]
+    ho, wo = win.shape[1], win.shape[2]
+    return np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3)).reshape(n * ho * wo, kh * kw * c)
+
+
+def _conv_out(n: int, k: int, s: int, p: int) -> int:
+    return (n + 2 * p - k) // s + 1
+
+
+def _linear(m: PackedModel, op: Op, x: Array) -> Array:
+    t, a = m.tensors, op.attrs
+    mode = a["mode"]
+    if mode == "float":
+        y = x @ t[op.tensors["weight"]].T
+        if "bias" in op.tensors:
+            y += t[op.tensors["bias"]]
+        return y
+    alpha, beta = t[op.tensors["alpha"]], t[op.tensors["beta"]]
+    bits = t[op.tensors["bits"]]
+    if mode == "binary_weights":
+        return kernels.binary_float_gemm(x, bits, a["in_features"], alpha, beta)
+    xb = kernels.pack_bits(x)
+    return kernels.scale_bias(kernels.xnor_gemm(xb, bits, a["in_features"]), alpha, beta)
+
+
+def _conv(m: PackedModel, op: Op, x: Array) -> Array:
+    t, a = m.tensors, op.attrs
+    kh, kw = a["kernel_size"]
+    stride, pad = tuple(a["stride"]), tuple(a["padding"])
+    n, h, w, _ = x.shape
+    ho, wo = _conv_out(h, kh, stride[0], pad[0]), _conv_out(w, kw, stride[1], pad[1])
+    cout = a["out_channels"]
+    mode = a["mode"]
+    if mode == "binary":
+        acc = kernels.binary_conv2d(
+            x, t[op.tensors["bits"]], stride=stride, padding=pad, in_channels=a["in_channels"]
+        )
+        y = kernels.scale_bias(acc.reshape(-1, cout), t[op.tensors["alpha"]], t[op.tensors["beta"]])
+        return y.reshape(n, ho, wo, cout)
+    cols = _im2col(x, kh, kw, stride, pad)  # (N*Ho*Wo, kh*kw*Cin)
+    if mode == "float":
+        y = cols @ t[op.tensors["weight"]].T
+        if "bias" in op.tensors:
+            y += t[op.tensors["bias"]]
+    else:  # binary weights, float activations
+        y = kernels.binary_float_gemm(
+            cols, t[op.tensors["bits"]], None, t[op.tensors["alpha"]], t[op.tensors["beta"]]
+        )
+    return y.reshape(n, ho, wo, cout)
+
+
+def _affine(m: PackedModel, op: Op, x: Array) -> Array:
+    return x * m.tensors[op.tensors["scale"]] + m.tensors[op.tensors["shift"]]
+
+
+def _maxpool(m: PackedModel, op: Op, x: Array) -> Array:
+    k, s = op.attrs["kernel_size"], op.attrs["stride"]
+    n, h, w, c = x.shape
+    if k == s and h % k == 0 and w % k == 0:
+        return x.reshape(n, h // k, k, w // k, k, c).max(axis=(2, 4))
+    win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(1, 2))[:, ::s, ::s]
+    return win.max(axis=(-2, -1))
+
+
+def _flatten(m: PackedModel, op: Op, x: Array) -> Array:
+    if x.ndim == 4:  # torch flattens NCHW: channel-major order
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x).reshape(x.shape[0], -1)
+
+
+def _shortcut_a(m: PackedModel, op: Op, x: Array) -> Array:
+    s, pad = op.attrs["stride"], op.attrs["pad"]
+    x = x[:, ::s, ::s, :]
+    return np.pad(x, ((0, 0), (0, 0), (0, 0), (pad // 2, pad - pad // 2)))
+
+
+OPS: dict[str, Callable[..., Array]] = {
+    "linear": _linear,
+    "conv": _conv,
+    "affine": _affine,
+    "relu": lambda m, op, x: np.maximum(x, 0, dtype=np.float32),
+    "hardtanh": lambda m, op, x: np.clip(x, op.attrs["min"], op.attrs["max"]),
+    "maxpool": _maxpool,
+    "avgpool": lambda m, op, x: x.mean(axis=(1, 2), dtype=np.float32),
+    "flatten": _flatten,
+    "shortcut_a": _shortcut_a,
+    "add": lambda m, op, a, b: a + b,
+}
+
+
+@dataclass
+class PackedModel:
+    """A packed binary network: ops, tensors, and how inputs are normalized.
+
+    ``model(x)`` takes float32 NCHW (or ``(N, F)``) inputs already normalized like the training
+    data; ``model.predict_raw(x)`` normalizes raw inputs (uint8 images or floats) first.
+    """
+
+    ops: list[Op]
+    tensors: dict[str, Array]
+    input: dict[str, Any]
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, x: npt.ArrayLike, profile: dict[str, float] | None = None) -> Array:
+        """Logits for normalized float32 inputs ``(N, C, H, W)`` or ``(N, F)``.
+
+        Args:
+            x: the batch.
+            profile: when given, seconds spent per op are added to it (a per-layer breakdown).
+        """
+        xa = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+        if xa.ndim == 4:
+            xa = np.ascontiguousarray(xa.transpose(0, 2, 3, 1))  # NCHW -> NHWC
+        env: dict[str, Array] = {"input": xa}
+        for op in self.ops:
+            t0 = time.perf_counter() if profile is not None else 0.0
+            if op.op == "output":
+                out = env[op.inputs[0]]
+                break
+            fn = OPS[op.op]
+            env[op.name] = np.ascontiguousarray(fn(self, op, *(env[i] for i in op.inputs)))
+            if profile is not None:
+                profile[op.name] = profile.get(op.name, 0.0) + time.perf_counter() - t0
+        else:
+            raise OnebitError("the packed graph has no output op; the file is damaged.")
+        return out
+
+    def normalize(self, x: npt.ArrayLike) -> Array:
+        """Raw inputs (uint8 in [0, 255] or floats) to the normalized float32 the net expects."""
+        xa = np.asarray(x)
+        xf = xa.astype(np.float32) / 255.0 if xa.dtype == np.uint8 else xa.astype(np.float32)
+        shape = tuple(self.input["shape"])
+        if xf.ndim == len(shape) and len(shape) == 3:
+            xf = xf[None]
+        if len(shape) == 3 and xf.ndim == 3:  # (N, H, W) grey images
+            xf = xf[:, None]
+        if tuple(xf.shape[1:]) != shape:
+            raise OnebitError(
+                f"inputs have shape {tuple(xf.shape[1:])} per example; the model expects {shape}."
+            )
+        mean = np.asarray(self.input["mean"], dtype=np.float32)
+        std = np.asarray(self.input["std"], dtype=np.float32)
+        if len(shape) == 3:
+            mean, std = mean.reshape(1, -1, 1, 1), std.reshape(1, -1, 1, 1)
+        return (xf - mean) / std
+
+    def predict_raw(self, x: npt.ArrayLike, batch_size: int = 256) -> Array:
+        """Logits for raw inputs, in batches."""
+        xn = self.normalize(x)
+        return np.concatenate([self(xn[i : i + batch_size]) for i in range(0, len(xn), batch_size)])
+
+    def nbytes(self) -> int:
+        """Bytes of all tensors (the payload of the file)."""
+        return sum(int(v.nbytes) for v in self.tensors.values())
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the ``.onebit`` file atomically (temporary file, then rename)."""
+        from safetensors.numpy import save_file
+
+        p = Path(path)
+        meta = {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "graph": json.dumps([op.to_dict() for op in self.ops]),
+            "input": json.dumps(self.input),
+            "checksums": json.dumps({k: _sha(v) for k, v in self.tensors.items()}),
+            "source": json.dumps(self.source),
+        }
+        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+        save_file({k: np.ascontiguousarray(v) for k, v in self.tensors.items()}, str(tmp), meta)
+        os.replace(tmp, p)
+        return p
+
+
+def _sha(a: Array) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).view(np.uint8).tobytes()).hexdigest()
+
+
+def load(path: str | os.PathLike) -> PackedModel:
+    """Read and check a ``.onebit`` file (format tag, version, graph, shapes, checksums).
+
+    A file that is missing, not a onebit file, truncated, damaged or from a newer format
+    version raises one ``OnebitError`` sentence.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise OnebitError(f"{p} does not exist.")
+    try:
+        with safe_open(str(p), framework="np") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as e:
+        raise OnebitError(
+            f"{p} is not a onebit model file (unreadable safetensors: {str(e).splitlines()[0]})."
+        ) from None
+    if meta.get("format") != FORMAT:
+        raise OnebitError(f"{p} is not a onebit model file (no onebit format tag).")
+    try:
+        version = int(meta.get("format_version", "0"))
+    except ValueError:
+        version = 0
+    if version > FORMAT_VERSION:
+        raise OnebitError(
+            f"{p} uses onebit format version {version}, newer than this onebit reads "
+            f"({FORMAT_VERSION}); upgrade onebit."
+        )
+    if version < 1:
+        raise OnebitError(f"{p} has no valid onebit format version.")
+    try:
+        ops = [Op(**d) for d in json.loads(meta["graph"])]
+        checksums = json.loads(meta["checksums"])
+        spec = json.loads(meta["input"])
+        source = json.loads(meta.get("source", "{}"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise OnebitError(f"{p} has damaged onebit metadata ({type(e).__name__}).") from None
+    for name, digest in checksums.items():
+        if name not in tensors:
+            raise OnebitError(f"{p} is missing tensor {name!r}; the file is damaged.")
+        if _sha(tensors[name]) != digest:
+            raise OnebitError(f"{p} fails its checksum for tensor {name!r}; the file is damaged.")
+    for op in ops:
+        if op.op not in OPS and op.op != "output":
+            raise OnebitError(
+                f"{p} uses op {op.op!r} that this onebit does not know; upgrade onebit."
+            )
+        for role, name in op.tensors.items():
+            if name not in tensors:
+                raise OnebitError(f"{p} is missing tensor {name!r} ({op.name}.{role}).")
+    return PackedModel(ops, tensors, spec, source)
+
+
+def read_inputs(paths: Sequence[str | os.PathLike]) -> tuple[Array, Array | None]:
+    """Inputs (and labels when the files carry them) from IDX, .npz or image files.
+
+    - ``.npz``: arrays ``x`` (and ``y``), or ``x_test``/``y_test``;
+    - IDX (``*-idx3-ubyte[.gz]``): images; the matching ``*-labels-idx1-ubyte`` is read when present;
+    - images (PNG, JPEG, ...): decoded with Pillow, one example each.
+    """
+    xs, ys = [], []
+    images = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.is_file():
+            raise OnebitError(f"input file {p} does not exist.")
+        name = p.name.lower()
+        if name.endswith(".npz"):
+            with np.load(p) as z:
+                kx = "x" if "x" in z else "x_test" if "x_test" in z else None
+                if kx is None:
+                    raise OnebitError(f"{p} has no array 'x' (or 'x_test').")
+                xs.append(z[kx])
+                ky = "y" if kx == "x" else "y_test"
+                ys.append(z.get(ky))
+        elif "idx" in name:
+            x = read_idx(p)
+            xs.append(x)
+            lab = p.with_name(p.name.replace("images-idx3", "labels-idx1"))
+            ys.append(read_idx(lab) if lab != p and lab.is_file() else None)
+        else:
+            images.append(p)
+    if images:
+        try:
+            from PIL import Image
+        except ImportError:
+            raise OnebitError("reading image files needs Pillow: pip install pillow.") from None
+        arrs = []
+        for p in images:
+            try:
+                with Image.open(p) as im:
+                    a = np.asarray(im)
+            except OSError:
+                raise OnebitError(f"{p} is not an image, an IDX or an .npz file.") from None
+            arrs.append(a.transpose(2, 0, 1) if a.ndim == 3 else a)
+        xs.append(np.stack(arrs))
+        ys.append(None)
+    x = np.concatenate(xs) if len(xs) > 1 else xs[0]
+    y = None if any(v is None for v in ys) else np.concatenate(ys)
+    return x, y
