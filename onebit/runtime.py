@@ -205,10 +205,10 @@ class PackedModel:
         xa = np.asarray(x)
         xf = xa.astype(np.float32) / 255.0 if xa.dtype == np.uint8 else xa.astype(np.float32)
         shape = tuple(self.input["shape"])
-        if xf.ndim == len(shape) and len(shape) == 3:
+        if xf.shape == shape:  # one example
             xf = xf[None]
-        if len(shape) == 3 and xf.ndim == 3:  # (N, H, W) grey images
-            xf = xf[:, None]
+        elif len(shape) == 3 and shape[0] == 1 and xf.shape[1:] == shape[1:]:
+            xf = xf[:, None]  # (N, H, W) grey images
         if tuple(xf.shape[1:]) != shape:
             raise OnebitError(
                 f"inputs have shape {tuple(xf.shape[1:])} per example; the model expects {shape}."

@@ -1,0 +1,160 @@
+"""Packed models against the binarized torch model, the file format, and the runtime without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import onebit
+from onebit.errors import OnebitError
+from onebit.methods import BNN, BWN, BinaryConnect, XNORNet
+from onebit.pack import pack
+from onebit.runtime import FORMAT_VERSION, load
+from tests.conftest import tiny_dataset
+
+MODELS = [
+    ("mlp", (1, 12, 12), {"hidden": [96, 80]}),
+    ("small_cnn", (1, 12, 12), {"channels": [8, 70], "hidden": 33}),
+    ("resnet20", (3, 16, 16), {"width": 8}),
+]
+METHODS = {"bc": BinaryConnect(), "bwn": BWN(), "bnn": BNN(), "xnor": XNORNet()}
+
+
+def _random_bn_(model: nn.Module) -> None:
+    """Give BatchNorms non-trivial statistics (negative scales included) as a trained net has."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(0.3 * torch.randn(n, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+            m.weight.data.copy_(torch.randn(n, generator=g))
+            m.bias.data.copy_(0.3 * torch.randn(n, generator=g))
+
+
+def _model(name, shape, kw, method):
+    torch.manual_seed(0)
+    model = onebit.models.build(name, shape, 10, act=method.hidden_activation(), **kw)
+    onebit.binarize_(model, method)
+    _random_bn_(model)
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize(("name", "shape", "kw"), MODELS, ids=[m[0] for m in MODELS])
+def test_packed_matches_torch_eval(name, shape, kw, method):
+    model = _model(name, shape, kw, METHODS[method])
+    x = torch.randn(9, *shape)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = pack(model, shape)(x.numpy())
+    assert out.shape == ref.shape and out.dtype == np.float32
+    assert (out.argmax(1) == ref.argmax(1)).all()
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("method", ["bc", "bnn"])
+def test_trained_mlp_agrees_on_a_test_set(method):
+    data = tiny_dataset(shape=(1, 8, 8), classes=4, n_train=256)
+    torch.manual_seed(0)
+    m = METHODS[method]
+    model = onebit.models.build("mlp", (1, 8, 8), 4, hidden=[64, 64], act=m.hidden_activation())
+    onebit.binarize_(model, m)
+    from onebit.config import TrainConfig
+
+    onebit.train(model, m, data, TrainConfig(epochs=3, batch_size=32, lr=1e-2))
+    model.eval()
+    x = data.test.x
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = pack(model, (1, 8, 8))(x.numpy())
+    assert (out.argmax(1) == ref.argmax(1)).all()
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_file_round_trip_and_size(tmp_path):
+    model = _model("mlp", (1, 12, 12), {"hidden": [256, 256]}, BinaryConnect())
+    packed = pack(model, (1, 12, 12), mean=[0.5], std=[0.25], source={"method": "bc"})
+    path = packed.save(tmp_path / "m.onebit")
+    loaded = load(path)
+    x = np.random.default_rng(0).standard_normal((5, 1, 12, 12)).astype(np.float32)
+    np.testing.assert_array_equal(loaded(x), packed(x))
+    assert loaded.input == {"shape": [1, 12, 12], "mean": [0.5], "std": [0.25]}
+    assert loaded.source == {"method": "bc"}
+    # raw uint8 inputs are normalized as in training
+    raw = np.random.default_rng(1).integers(0, 256, (3, 12, 12), dtype=np.uint8)
+    expect = packed(((raw.astype(np.float32) / 255 - 0.5) / 0.25)[:, None])
+    np.testing.assert_allclose(loaded.predict_raw(raw), expect, rtol=1e-6)
+    # storage of the hidden 256x256 layer: bits + per-channel scale/shift against its float
+    # weights and BatchNorm in the state dict (the README's size table reports whole models)
+    hidden = next(op for op in packed.ops if op.op == "linear" and op.attrs["in_features"] == 256)
+    packed_bytes = sum(packed.tensors[k].nbytes for k in hidden.tensors.values())
+    sd = model.state_dict()
+    float_bytes = sum(
+        sd[k].numel() * 4
+        for k in ("4.weight", "5.weight", "5.bias", "5.running_mean", "5.running_var")
+    )
+    assert packed_bytes * 25 <= float_bytes
+    assert path.stat().st_size - packed.nbytes() < 16_384  # the header is small
+
+
+def _expect_error(path, match):
+    with pytest.raises(OnebitError, match=match) as e:
+        load(path)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_files_get_one_sentence(tmp_path):
+    model = _model("mlp", (1, 12, 12), {"hidden": [64]}, BinaryConnect())
+    good = pack(model, (1, 12, 12)).save(tmp_path / "good.onebit")
+    data = good.read_bytes()
+    _expect_error(tmp_path / "missing.onebit", "does not exist")
+    (tmp_path / "junk.onebit").write_bytes(b"hello, not a model at all")
+    _expect_error(tmp_path / "junk.onebit", "is not a onebit model file")
+    (tmp_path / "trunc.onebit").write_bytes(data[: len(data) // 2])
+    _expect_error(tmp_path / "trunc.onebit", "is not a onebit model file")
+    damaged = bytearray(data)
+    damaged[-3] ^= 0xFF  # a payload byte
+    (tmp_path / "damaged.onebit").write_bytes(bytes(damaged))
+    _expect_error(tmp_path / "damaged.onebit", "fails its checksum")
+
+    from safetensors.numpy import save_file
+
+    save_file({"a": np.zeros(3, np.float32)}, str(tmp_path / "other.safetensors"))
+    _expect_error(tmp_path / "other.safetensors", "no onebit format tag")
+    from safetensors import safe_open
+
+    with safe_open(str(good), framework="np") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    meta["format_version"] = str(FORMAT_VERSION + 1)
+    save_file(tensors, str(tmp_path / "newer.onebit"), meta)
+    _expect_error(tmp_path / "newer.onebit", "newer than this onebit reads")
+
+
+def test_runtime_loads_and_runs_without_torch(tmp_path):
+    model = _model("small_cnn", (1, 12, 12), {"channels": [8, 16], "hidden": 32}, BNN())
+    path = pack(model, (1, 12, 12)).save(tmp_path / "m.onebit")
+    x = np.random.default_rng(0).standard_normal((2, 1, 12, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code = (
+        "import sys, json, numpy as np, onebit.runtime as rt\n"
+        f"m = rt.load({str(path)!r})\n"
+        f"y = m(np.load({str(tmp_path / 'x.npy')!r}))\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'y': y.tolist()}))\n"
+    )
+    out = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert out["torch"] is False
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.array(out["y"]), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
