@@ -165,6 +165,44 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--check", action="store_true", help="with --readme: exit 1 if FILE is out of date"
     )
+
+    pk = sub.add_parser(
+        "pack",
+        help="pack a trained run to 1 bit per weight (a .onebit file)",
+        description="Pack the best weights of a run (binary layers as bits, BatchNorm folded) into "
+        "a .onebit file that loads without torch or the training code.",
+    )
+    pk.add_argument("run", help="run folder or checkpoint (.pt)")
+    pk.add_argument(
+        "-o", "--output", metavar="FILE", help="output file (default: RUN/model.onebit)"
+    )
+    pk.add_argument("--last", action="store_true", help="pack the last epoch, not the best")
+    pk.add_argument(
+        "--onnx", metavar="FILE", help="also export an ONNX float graph (±scale weights)"
+    )
+
+    ru = sub.add_parser(
+        "run",
+        help="predict with a packed model",
+        description="Predict classes for inputs from .npz (x[, y]), IDX or image files; when the "
+        "files carry labels, also print the accuracy.",
+    )
+    ru.add_argument("model", help=".onebit file")
+    ru.add_argument("inputs", nargs="+", help=".npz, IDX or image files")
+    ru.add_argument("--batch-size", type=int, default=256)
+    ru.add_argument("--json", action="store_true", help="one JSON object per input")
+
+    be = sub.add_parser(
+        "bench",
+        help="time a packed model against the same architecture in torch float",
+        description="Latency at batch 1 and throughput at batch 64 at each thread count, packed "
+        "runtime against torch fp32 in the same run, with a per-op breakdown.",
+    )
+    be.add_argument("model", help=".onebit file")
+    be.add_argument("--threads", type=int, nargs="+", default=[1, 2], metavar="N")
+    be.add_argument("--batches", type=int, nargs="+", default=[1, 64], metavar="B")
+    be.add_argument("--repeats", type=int, default=20)
+    be.add_argument("--out", metavar="FILE", help="also write the results as JSON")
     return p
 
 
@@ -363,6 +401,97 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pack(args: argparse.Namespace) -> int:
+    from onebit.pack import pack
+    from onebit.report import human_bytes
+    from onebit.runs import load_run
+
+    cfg, model, _method, state = load_run(args.run, "last" if args.last else "best")
+    shape = tuple(state["input_shape"])
+    if "mean" in state:
+        mean, std = state["mean"], state["std"]
+    else:  # checkpoints written before onebit stored the normalization
+        from onebit.runs import load_data
+
+        data = load_data(cfg)
+        mean, std = data.mean, data.std
+    source = {
+        "config": cfg.to_dict(),
+        "input_shape": list(shape),
+        "num_classes": int(state["num_classes"]),
+        "run": str(args.run),
+        "epoch": int(state.get("epoch", -1)),
+    }
+    packed = pack(model, shape, mean=mean, std=std, source=source)
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    out = packed.save(args.output or run_dir / "model.onebit")
+    float_bytes = sum(v.numel() * v.element_size() for v in state["model"].values())
+    size = out.stat().st_size
+    print(
+        f"wrote {out}: {human_bytes(size)} (float state dict {human_bytes(float_bytes)}, "
+        f"{float_bytes / size:.1f}x smaller)"
+    )
+    if args.onnx:
+        from onebit.export import export_onnx
+
+        export_onnx(model, shape, args.onnx)
+        print(f"wrote {args.onnx}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from onebit.runtime import load, read_inputs
+
+    model = load(args.model)
+    x, y = read_inputs(args.inputs)
+    logits = model.predict_raw(x, args.batch_size)
+    pred = logits.argmax(1)
+    for i, p in enumerate(pred):
+        if args.json:
+            print(json.dumps({"index": i, "class": int(p), "logits": logits[i].round(4).tolist()}))
+        else:
+            print(f"{i}\t{int(p)}")
+    if y is not None:
+        acc = float((pred == np.asarray(y).reshape(-1)).mean())
+        print(f"accuracy {acc:.4f} on {len(pred)} inputs", file=sys.stderr)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from onebit.bench import bench
+    from onebit.report import markdown_table
+    from onebit.runtime import load
+
+    res = bench(load(args.model), args.threads, args.batches, args.repeats)
+    rows = [
+        {
+            "threads": r["threads"],
+            "batch": r["batch"],
+            "packed ms": f"{r['packed_ms']:.3f}",
+            "torch fp32 ms": f"{r['torch_fp32_ms']:.3f}",
+            "speed-up": f"{r['speedup']:.1f}x",
+            "packed /s": f"{r['packed_per_s']:.0f}",
+        }
+        for r in res["results"]
+    ]
+    print(f"kernels: {res['isa']}\n")
+    print(markdown_table(rows))
+    layers = [
+        {"op": r["op"], "kind": r["kind"], "us (batch 1)": f"{r['us']:.1f}"}
+        for r in res["layers_batch1"]
+    ]
+    print("\nper op, batch 1, first thread count:\n" + markdown_table(layers))
+    if args.out:
+        from onebit.runs import environment
+
+        Path(args.out).write_text(
+            json.dumps({**res, "model": args.model, "env": environment()}, indent=2) + "\n"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``onebit`` console script."""
     args = build_parser().parse_args(argv)
@@ -378,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args, argv)
         if args.command == "report":
             return _report(args)
-        return {"eval": _eval, "data": _data}[args.command](args)
+        handlers = {"eval": _eval, "data": _data, "pack": _pack, "run": _run, "bench": _bench}
+        return handlers[args.command](args)
     except OnebitError as e:
         print(f"onebit: error: {e}", file=sys.stderr)
         return 2

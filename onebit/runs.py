@@ -188,6 +188,8 @@ def run(
             "config": cfg.to_dict(),
             "input_shape": list(data.input_shape),
             "num_classes": data.num_classes,
+            "mean": list(data.mean),
+            "std": list(data.std),
         },
     )
     size = size_report(model, data.input_shape)
