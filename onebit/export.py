@@ -25,7 +25,7 @@ __all__ = ["export_onnx", "hard_float_copy"]
 class SignAct(nn.Module):
     """``sign(x)`` with ``sign(0) = +1``, in ops every ONNX runtime has."""
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
         return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
 
 
@@ -46,7 +46,9 @@ def hard_float_copy(model: nn.Module) -> nn.Module:
     return m
 
 
-def export_onnx(model: nn.Module, in_shape: Sequence[int], path: str | Path, opset: int = 17) -> Path:
+def export_onnx(
+    model: nn.Module, in_shape: Sequence[int], path: str | Path, opset: int = 17
+) -> Path:
     """Write ``model`` (binarized, eval semantics) as an ONNX file with a dynamic batch axis."""
     m = hard_float_copy(model)
     example = torch.zeros(2, *in_shape)

@@ -229,6 +229,70 @@ class _Packer:
             raise OnebitError(f"cannot pack module {node.target} of type {type(m).__name__}.")
 
 
+def _thresholds(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer thresholds with ``(alpha * acc + beta >= 0) == ((acc >= thresh) XOR flip)``.
+
+    For integer ``acc``: ``alpha > 0`` gives ``acc >= ceil(-beta / alpha)``; ``alpha < 0`` gives
+    ``acc <= floor(-beta / alpha)``, i.e. NOT ``acc >= floor(-beta / alpha) + 1``; ``alpha = 0``
+    gives the constant ``beta >= 0``.
+    """
+    a = alpha.astype(np.float64)
+    b = beta.astype(np.float64)
+    big = float(2**30)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = -b / a
+    thresh = np.where(a > 0, np.ceil(r), np.floor(r) + 1)
+    thresh = np.where(a == 0, np.where(b >= 0, -big, big), thresh)
+    flip = a < 0
+    return np.clip(thresh, -big, big).astype(np.float32), flip
+
+
+def fuse_thresholds(ops: list[Op], tensors: dict[str, np.ndarray]) -> None:
+    """Let XNOR layers hand packed bits straight to the next XNOR layers, in place.
+
+    Where a binary-activation layer's output (BatchNorm folded in) goes, through an optional
+    hardtanh (which keeps signs), only into binary-activation layers, it is replaced by the packed
+    bits ``threshold_sign(acc, thresh, flip)``: no float output, no separate sign and packing.
+    """
+    consumers: dict[str, list[Op]] = {}
+    for op in ops:
+        for i in op.inputs:
+            consumers.setdefault(i, []).append(op)
+
+    def xnor(op: Op) -> bool:
+        return op.op in ("linear", "conv") and op.attrs.get("mode") == "binary"
+
+    removed: set[str] = set()
+    for op in ops:
+        if not xnor(op):
+            continue
+        users = consumers.get(op.name, [])
+        via = None
+        if (
+            len(users) == 1
+            and users[0].op == "hardtanh"
+            and users[0].attrs["min"] < 0 < users[0].attrs["max"]
+        ):
+            via = users[0]
+            users = consumers.get(via.name, [])
+        if not users or not all(xnor(u) for u in users):
+            continue
+        alpha = tensors.pop(op.tensors.pop("alpha"))
+        beta = tensors.pop(op.tensors.pop("beta"))
+        thresh, flip = _thresholds(alpha, beta)
+        op.tensors["thresh"] = f"{op.name}.thresh"
+        op.tensors["flip"] = f"{op.name}.flip"
+        tensors[op.tensors["thresh"]] = thresh
+        tensors[op.tensors["flip"]] = flip.astype(np.uint8)
+        op.attrs["output"] = "bits"
+        for u in users:
+            u.inputs = [op.name if i == (via.name if via else op.name) else i for i in u.inputs]
+            u.attrs["input"] = "bits"
+        if via is not None:
+            removed.add(via.name)
+    ops[:] = [op for op in ops if op.name not in removed]
+
+
 def pack(
     model: nn.Module,
     in_shape: Sequence[int],
@@ -236,6 +300,7 @@ def pack(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     source: dict[str, Any] | None = None,
+    fuse: bool = True,
 ) -> PackedModel:
     """Pack a trained (binarized) model for the CPU runtime.
 
@@ -244,6 +309,7 @@ def pack(
         in_shape: one example's shape, ``(C, H, W)`` or ``(F,)``.
         mean, std: input normalization the model was trained with (stored for raw inputs).
         source: informational provenance stored in the file (config, method).
+        fuse: fold BatchNorm + sign into integer thresholds between binary layers.
 
     Returns:
         A ``PackedModel``: ``packed(x)`` matches ``model.eval()(x)`` for normalized ``x``.
@@ -261,6 +327,12 @@ def pack(
     packer = _Packer(model)
     with torch.no_grad():
         packer.run(graph)
+    targets = {n.name: str(n.target) for n in graph.nodes if n.op == "call_module"}
+    for op in packer.ops:
+        if op.name in targets:
+            op.attrs["module"] = targets[op.name]
+    if fuse:
+        fuse_thresholds(packer.ops, packer.tensors)
     c = in_shape[0]
     spec = {
         "shape": [int(v) for v in in_shape],

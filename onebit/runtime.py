@@ -90,12 +90,22 @@ def _linear(m: PackedModel, op: Op, x: Array) -> Array:
         if "bias" in op.tensors:
             y += t[op.tensors["bias"]]
         return y
-    alpha, beta = t[op.tensors["alpha"]], t[op.tensors["beta"]]
     bits = t[op.tensors["bits"]]
     if mode == "binary_weights":
+        alpha, beta = t[op.tensors["alpha"]], t[op.tensors["beta"]]
         return kernels.binary_float_gemm(x, bits, a["in_features"], alpha, beta)
-    xb = kernels.pack_bits(x)
-    return kernels.scale_bias(kernels.xnor_gemm(xb, bits, a["in_features"]), alpha, beta)
+    xb = x if a.get("input") == "bits" else kernels.pack_bits(x)
+    return _xnor_out(m, op, kernels.xnor_gemm(xb, bits, a["in_features"]))
+
+
+def _xnor_out(m: PackedModel, op: Op, acc: Array) -> Array:
+    """int32 ``(M, N)`` accumulators -> packed sign bits (fused BN + sign) or float outputs."""
+    t = m.tensors
+    if op.attrs.get("output") == "bits":
+        return kernels.threshold_sign(
+            acc, t[op.tensors["thresh"]], t[op.tensors["flip"]].astype(bool)
+        )
+    return kernels.scale_bias(acc, t[op.tensors["alpha"]], t[op.tensors["beta"]])
 
 
 def _conv(m: PackedModel, op: Op, x: Array) -> Array:
@@ -106,12 +116,12 @@ def _conv(m: PackedModel, op: Op, x: Array) -> Array:
     ho, wo = _conv_out(h, kh, stride[0], pad[0]), _conv_out(w, kw, stride[1], pad[1])
     cout = a["out_channels"]
     mode = a["mode"]
-    if mode == "binary":
+    if mode == "binary":  # x: float NHWC, or packed uint64 NHWC words when input == "bits"
         acc = kernels.binary_conv2d(
             x, t[op.tensors["bits"]], stride=stride, padding=pad, in_channels=a["in_channels"]
         )
-        y = kernels.scale_bias(acc.reshape(-1, cout), t[op.tensors["alpha"]], t[op.tensors["beta"]])
-        return y.reshape(n, ho, wo, cout)
+        y = _xnor_out(m, op, acc.reshape(-1, cout))
+        return y.reshape(n, ho, wo, -1)
     cols = _im2col(x, kh, kw, stride, pad)  # (N*Ho*Wo, kh*kw*Cin)
     if mode == "float":
         y = cols @ t[op.tensors["weight"]].T

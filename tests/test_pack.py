@@ -158,3 +158,40 @@ def test_runtime_loads_and_runs_without_torch(tmp_path):
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(np.array(out["y"]), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_thresholds_equal_scale_bias_then_sign():
+    from onebit.pack import _thresholds
+
+    rng = np.random.default_rng(0)
+    alpha = rng.standard_normal(64).astype(np.float32)
+    alpha[:4] = 0.0
+    beta = (20 * rng.standard_normal(64)).astype(np.float32)
+    beta[5] = -3 * alpha[5]  # an exact tie: alpha * 3 + beta == 0 -> sign +1
+    thresh, flip = _thresholds(alpha, beta)
+    acc = np.arange(-60, 61, dtype=np.int64)[:, None]
+    expect = (alpha.astype(np.float64) * acc + beta) >= 0
+    got = (acc >= thresh) ^ flip
+    np.testing.assert_array_equal(got, expect)
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet20"])
+def test_xnor_layers_hand_bits_to_the_next(name):
+    shape, kw = {
+        "mlp": ((1, 12, 12), {"hidden": [96, 80, 70]}),
+        "resnet20": ((3, 16, 16), {"width": 8}),
+    }[name]
+    model = _model(name, shape, kw, BNN())
+    packed = pack(model, shape)
+    fused = [op for op in packed.ops if op.attrs.get("output") == "bits"]
+    assert fused and all(op.attrs["mode"] == "binary" for op in fused)
+    assert not any(
+        op.op == "hardtanh" and op.inputs[0] in {f.name for f in fused} for op in packed.ops
+    )
+    x = torch.randn(6, *shape)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = packed(x.numpy())
+    unfused = pack(model, shape, fuse=False)(x.numpy())
+    assert (out.argmax(1) == ref.argmax(1)).all()
+    np.testing.assert_allclose(out, unfused, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
