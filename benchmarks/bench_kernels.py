@@ -139,9 +139,7 @@ def bench_xnor(rounds: int, thread_counts: list[int]) -> list[dict[str, object]]
                     }
                 )
     for r in rows:  # thread scaling: time at 1 thread / time at this thread count
-        base = next(
-            x for x in rows if x["threads"] == 1 and (x["M"], x["K"]) == (r["M"], r["K"])
-        )
+        base = next(x for x in rows if x["threads"] == 1 and (x["M"], x["K"]) == (r["M"], r["K"]))
         r["speedup_vs_1_thread"] = round(float(base["ours_us"]) / float(r["ours_us"]), 2)
     return rows
 

@@ -319,7 +319,7 @@ def load(path: str | os.PathLike) -> PackedModel:
 def read_inputs(paths: Sequence[str | os.PathLike]) -> tuple[Array, Array | None]:
     """Inputs (and labels when the files carry them) from IDX, .npz or image files.
 
-    - ``.npz``: arrays ``x`` (and ``y``), or ``x_test``/``y_test``;
+    - ``.npz``: ``x_test``/``y_test`` when present (a dataset file), else ``x`` (and ``y``);
     - IDX (``*-idx3-ubyte[.gz]``): images; the matching ``*-labels-idx1-ubyte`` is read when present;
     - images (PNG, JPEG, ...): decoded with Pillow, one example each.
     """
@@ -332,11 +332,11 @@ def read_inputs(paths: Sequence[str | os.PathLike]) -> tuple[Array, Array | None
         name = p.name.lower()
         if name.endswith(".npz"):
             with np.load(p) as z:
-                kx = "x" if "x" in z else "x_test" if "x_test" in z else None
+                kx = "x_test" if "x_test" in z else "x" if "x" in z else None
                 if kx is None:
                     raise OnebitError(f"{p} has no array 'x' (or 'x_test').")
                 xs.append(z[kx])
-                ky = "y" if kx == "x" else "y_test"
+                ky = "y_test" if kx == "x_test" else "y"
                 ys.append(z.get(ky))
         elif "idx" in name:
             x = read_idx(p)

@@ -167,3 +167,47 @@ def test_torchrun_two_processes_agree_with_one(tmp_path):
     for k, va in a["model"].items():
         assert torch.allclose(va, b["model"][k], atol=1e-5), (k, (va - b["model"][k]).abs().max())
     assert a["history"][-1]["test_acc"] == b["history"][-1]["test_acc"]
+
+
+def test_pack_run_bench(tmp_path, capsys):
+    cfg = _config(tmp_path)
+    out = tmp_path / "runs"
+    assert main(["train", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    run = _only_run(out)
+    capsys.readouterr()
+    model_file = tmp_path / "m.onebit"
+    assert main(["pack", str(run), "-o", str(model_file)]) == 0
+    assert "smaller" in capsys.readouterr().out and model_file.is_file()
+    assert main(["eval", str(run)]) == 0
+    acc = json.loads(capsys.readouterr().out)["test_acc"]
+    # the tiny .npz carries x_test/y_test: the packed model's accuracy there equals eval's
+    assert main(["run", str(model_file), str(tmp_path / "tiny.npz")]) == 0
+    captured = capsys.readouterr()
+    assert f"accuracy {acc:.4f} on 64 inputs" in captured.err
+    assert len(captured.out.splitlines()) == 64
+    bench_json = tmp_path / "bench.json"
+    argv = [
+        "bench",
+        str(model_file),
+        "--threads",
+        "1",
+        "--batches",
+        "1",
+        "--repeats",
+        "3",
+        "--out",
+        str(bench_json),
+    ]
+    assert main(argv) == 0
+    res = json.loads(bench_json.read_text())
+    assert [(r["threads"], r["batch"]) for r in res["results"]] == [(1, 1)]
+    assert {r["kind"] for r in res["layers_batch1"]} >= {"linear/binary_weights"}
+    assert "speed-up" in capsys.readouterr().out
+
+
+def test_run_errors(tmp_path, capsys):
+    (tmp_path / "x.onebit").write_bytes(b"nope")
+    assert "is not a onebit model file" in _error(
+        capsys, ["run", str(tmp_path / "x.onebit"), "y.npz"]
+    )
+    assert "is not a onebit checkpoint" in _error(capsys, ["pack", str(tmp_path / "x.onebit")])
