@@ -199,9 +199,10 @@ OB_T512 static int z_xnor(const ob_xnor_args *p, int64_t m0, int64_t m1, int64_t
  * (low nibble of each 32-bit lane) as the index.  W is repacked per panel of 64 rows so
  * that lane l of a vector holds 32 consecutive weight bits of row l; shifting the vector
  * right by 4 moves to the next group.  One permute + one accumulate = 64 multiply-adds.
- * The accumulate is an FMA with 1.0 (exact, same rounding as an add): on Zen 5 it runs on
- * the FMA pipes, which VPERMPS and the shifts do not compete for (about 1.8x faster than
- * VADDPS at M >= 16).
+ * Port balance (measured on Zen 5): with several rows per tile the accumulate is an FMA
+ * with 1.0 (exact, same rounding as an add), which runs beside VPERMPS and the shifts
+ * (1.8x faster than VADDPS); with one row the shifts dominate, so they are done as a
+ * 16-bit multiply-high by 2^12 (VPMULHUW, on the multiply pipes) with VADDPS accumulates.
  */
 #define Z_BNV 4
 #define Z_BNB (16 * Z_BNV)
@@ -290,11 +291,13 @@ OB_T512 OB_INL void z_bf_tile(const float *lut, int64_t G, const uint32_t *wt, i
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) acc[i][v] = _mm512_setzero_ps();
     }
+    const __m512i by16 = _mm512_set1_epi16(1 << 12);
     for (int64_t q = 0; q < Q; q++) {
-        __m512i idx[Z_BNV];
+        __m512i idx[Z_BNV], hi[Z_BNV];
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) {
             idx[v] = _mm512_load_si512((const void *)(wt + (q * Z_BNV + v) * 16));
+            if (mr == 1) hi[v] = _mm512_srli_epi32(idx[v], 16);
         }
         const float *lq = lut + q * 8 * 16;
 #pragma GCC unroll 8
@@ -305,12 +308,22 @@ OB_T512 OB_INL void z_bf_tile(const float *lut, int64_t G, const uint32_t *wt, i
 #pragma GCC unroll 4
                 for (int v = 0; v < nv; v++) {
                     const __m512 e = _mm512_permutexvar_ps(idx[v], t);
-                    acc[i][v] = _mm512_fmadd_ps(e, one, acc[i][v]);
+                    if (mr == 1) {
+                        acc[i][v] = _mm512_add_ps(acc[i][v], e);
+                    } else {
+                        acc[i][v] = _mm512_fmadd_ps(e, one, acc[i][v]);
+                    }
                 }
             }
             if (j < 7) {
 #pragma GCC unroll 4
-                for (int v = 0; v < nv; v++) idx[v] = _mm512_srli_epi32(idx[v], 4);
+                for (int v = 0; v < nv; v++) {
+                    if (mr == 1) { /* next nibble: low 16-bit word * 2^12 >> 16 */
+                        idx[v] = j == 3 ? hi[v] : _mm512_mulhi_epu16(idx[v], by16);
+                    } else {
+                        idx[v] = _mm512_srli_epi32(idx[v], 4);
+                    }
+                }
             }
         }
     }
