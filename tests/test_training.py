@@ -129,3 +129,16 @@ def test_diagnostics_flip_rate_and_near_zero():
     assert d["flip_rate_layers"]["1"] == 2 / 32
     assert d["near_zero_layers"]["1"] == 1 / 32
     assert 0 < d["flip_rate"] < 2 / 32  # the other binary layers did not flip
+
+
+def test_tensorboard_event_files(tmp_path):
+    data = tiny_dataset(shape=(16,), n_train=64)
+    model, method = _model()
+    cfg = TrainConfig(epochs=2, batch_size=32, tensorboard=True)
+    train(model, method, data, cfg, run_dir=tmp_path)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("test_acc")] == [0, 1]
+    assert "flip_rate" in acc.Tags()["scalars"]
