@@ -32,4 +32,4 @@ bench-train: setup
 	$(BIN)/python benchmarks/bench_train_step.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info onebit/kernels/*.so

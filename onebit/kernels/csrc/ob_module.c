@@ -73,7 +73,9 @@ static PyObject *py_xnor_gemm(PyObject *self, PyObject *args) {
         check_dims(N, (K + 63) / 64, &bkw, "xnor_gemm") || check_dims(M, N, &mn, "xnor_gemm") ||
         check_size(&a, akw, 8, "a") || check_size(&b, bkw, 8, "b") ||
         check_size(&out, mn, 4, "out")) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "xnor_gemm: K must be in [0, 2**31)");
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "xnor_gemm: K must be in [0, 2**31)");
+        }
         PyBuffer_Release(&a);
         PyBuffer_Release(&b);
         PyBuffer_Release(&out);
