@@ -1,0 +1,91 @@
+"""The README's speed and size tables from a speed record folder (see speed_records.sh)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def load(folder: Path, name: str) -> dict:
+    return json.loads((folder / name).read_text())
+
+
+def main() -> None:
+    folder = Path(sys.argv[1])
+    k = load(folder, "kernels.json")
+    m = load(folder, "models.json")
+    lce = load(folder, "lce_conv.json")
+    step = load(folder, "train_step.json")
+    out = [f"# Speed and size ({folder.name})", ""]
+    out += [
+        f"Machine: {k['machine'].get('cpu_model', '?')}, kernels `{k['isa']}`; commit "
+        f"{m['env']['commit']}, torch {m['env']['torch']}. Every ratio is measured in one run.",
+        "",
+        "| kernel (one thread unless said) | onebit | baseline | ratio |",
+        "|---|---|---|---|",
+    ]
+    for r in k["xnor_gemm"]:
+        if r["M"] in (16, 64) and r["K"] in (1024, 4096):
+            out.append(
+                f"| XNOR GEMM M={r['M']} K={r['K']} N={r['N']}, {r['threads']} thread(s) | "
+                f"{r['tera_binary_macs_per_s_per_core']:.2f} T binary MAC/s per core | "
+                f"torch fp32 matmul | {r['speedup_vs_torch']}x"
+                + (f" ({r['speedup_vs_1_thread']}x one thread)" if r["threads"] == 2 else "")
+                + " |"
+            )
+    for r in k["binary_float_gemm"]:
+        if r["threads"] == 1:
+            out.append(
+                f"| binary weights x float, M={r['M']} K={r['K']} N={r['N']} | {r['ours_us']:.0f} µs | "
+                f"torch fp32 F.linear {r['torch_fp32_us']:.0f} µs | {r['speedup_vs_torch']}x |"
+            )
+    c = k["binary_conv2d"]
+    out.append(
+        f"| binary conv 3x3, 256 ch, 14x14, batch 1 | {c['ours_us']:.0f} µs | torch fp32 conv2d "
+        f"{min(c['torch_fp32_us'].values()):.0f} µs | {c['speedup_vs_torch']}x |"
+    )
+    ratios = lce["ratios"]
+    out.append(
+        f"| same conv against Larq Compute Engine {lce.get('lce_version', '')} | "
+        f"{1000 * lce['onebit_ms']:.0f} µs | LCE `{lce['lce_kernel']}` {1000 * lce['lce_ms']:.0f} µs | "
+        f"{ratios['speedup_vs_lce']:.1f}x |"
+    )
+    out += [
+        "",
+        "| packed model | batch | threads | packed | torch fp32 | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for case in m["results"]:
+        for r in case["results"]:
+            out.append(
+                f"| {case['case']} | {r['batch']} | {r['threads']} | {r['packed_ms']:.3f} ms | "
+                f"{r['torch_fp32_ms']:.3f} ms | {r['speedup']:.1f}x |"
+            )
+    out += [
+        "",
+        "| model | binary layers, float | binary layers, packed | ratio | whole model, float | whole model, packed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for case in m["results"]:
+        fb, pb = case["binary_layers_float_bytes"], case["binary_layers_packed_bytes"]
+        out.append(
+            f"| {case['case']} | {fb / 2**20:.2f} MiB | {pb / 2**20:.3f} MiB | {fb / pb:.0f}x | "
+            f"{case['model_float_bytes'] / 2**20:.2f} MiB | {case['model_packed_bytes'] / 2**20:.3f} MiB |"
+        )
+    ms = step["median_step_ms"]
+    out += [
+        "",
+        f"Training step, MLP 784-2048x3-10, batch 100, Adam, {step['threads']} threads: float "
+        f"{ms['fp']:.1f} ms, BinaryConnect {ms['bc']:.1f} ms: **{step['ratio_bc_over_fp']:.2f}x** "
+        "the float step (no torch.compile: the binarization writes into a preallocated buffer and "
+        "the optimizer is torch's fused Adam).",
+        "",
+        "Made with `benchmarks/speed_records.sh`.",
+        "",
+    ]
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
