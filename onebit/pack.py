@@ -25,7 +25,7 @@ import torch
 from torch import fx, nn
 
 from onebit.errors import OnebitError
-from onebit.kernels import pack_bits, pack_conv_weight
+from onebit.kernels import pack_bits
 from onebit.layers import is_binary_layer
 from onebit.models import _ShortcutA
 from onebit.quantizers import ActSign
@@ -138,10 +138,8 @@ class _Packer:
                 raise OnebitError(f"cannot pack {node.target}: unknown activation binarizer.")
             alpha = m.alpha().detach().float().reshape(-1).expand(w.shape[0])
             attrs["mode"] = "binary" if m.act is not None else "binary_weights"
-            if is_conv and m.act is not None:  # XNOR conv: (Cout, kh, kw, Cin/64) words per tap
-                bits = pack_conv_weight(_np(m.weight))
-            else:  # rows of K = in_features, or kh*kw*Cin in the runtime's NHWC im2col order
-                bits = pack_bits(_np(w2))
+            # rows of K = in_features, or kh*kw*Cin bits in the runtime's NHWC im2col order
+            bits = pack_bits(_np(w2))
             tensors = {
                 "bits": self.tensor(name, "bits", bits),
                 "alpha": self.tensor(name, "alpha", _np(alpha * s)),

@@ -108,6 +108,36 @@ def _xnor_out(m: PackedModel, op: Op, acc: Array) -> Array:
     return kernels.scale_bias(acc, t[op.tensors["alpha"]], t[op.tensors["beta"]])
 
 
+# Above this many im2col rows, a binary-weight conv runs faster as a float GEMM on the ±1 weights
+# (unpacked once and cached) than as the binary x float kernel, whose strength is small batches.
+FLOAT_GEMM_MIN_ROWS = 4096
+
+
+def _unpacked(m: PackedModel, op: Op, k: int) -> Array:
+    """The ±1 float32 ``(N, K)`` weights of a binary layer, unpacked once per loaded model."""
+    key = (op.name, "pm1")
+    if key not in m.cache:
+        m.cache[key] = kernels.unpack_bits(m.tensors[op.tensors["bits"]], k).astype(np.float32)
+    return m.cache[key]
+
+
+def _tap_bits(m: PackedModel, op: Op) -> Array:
+    """XNOR conv weights in the kernel's per-tap layout ``(Cout, kh, kw, ceil(Cin/64))``.
+
+    The file stores them densely (rows of ``kh * kw * Cin`` bits) so that layers with few input
+    channels do not pay for per-tap word padding on disk; the tap layout is built once on load.
+    """
+    key = (op.name, "taps")
+    if key not in m.cache:
+        a = op.attrs
+        kh, kw = a["kernel_size"]
+        cin, cout = a["in_channels"], a["out_channels"]
+        pm1 = _unpacked(m, op, kh * kw * cin).reshape(cout, kh, kw, cin)
+        m.cache[key] = kernels.pack_conv_weight(np.ascontiguousarray(pm1.transpose(0, 3, 1, 2)))
+        del m.cache[(op.name, "pm1")]
+    return m.cache[key]
+
+
 def _conv(m: PackedModel, op: Op, x: Array) -> Array:
     t, a = m.tensors, op.attrs
     kh, kw = a["kernel_size"]
@@ -118,7 +148,7 @@ def _conv(m: PackedModel, op: Op, x: Array) -> Array:
     mode = a["mode"]
     if mode == "binary":  # x: float NHWC, or packed uint64 NHWC words when input == "bits"
         acc = kernels.binary_conv2d(
-            x, t[op.tensors["bits"]], stride=stride, padding=pad, in_channels=a["in_channels"]
+            x, _tap_bits(m, op), stride=stride, padding=pad, in_channels=a["in_channels"]
         )
         y = _xnor_out(m, op, acc.reshape(-1, cout))
         return y.reshape(n, ho, wo, -1)
@@ -127,7 +157,11 @@ def _conv(m: PackedModel, op: Op, x: Array) -> Array:
         y = cols @ t[op.tensors["weight"]].T
         if "bias" in op.tensors:
             y += t[op.tensors["bias"]]
-    else:  # binary weights, float activations
+    elif cols.shape[0] >= FLOAT_GEMM_MIN_ROWS:  # binary weights, float activations, many rows
+        y = cols @ _unpacked(m, op, cols.shape[1]).T
+        y *= t[op.tensors["alpha"]]
+        y += t[op.tensors["beta"]]
+    else:
         y = kernels.binary_float_gemm(
             cols, t[op.tensors["bits"]], None, t[op.tensors["alpha"]], t[op.tensors["beta"]]
         )
@@ -185,6 +219,7 @@ class PackedModel:
     tensors: dict[str, Array]
     input: dict[str, Any]
     source: dict[str, Any] = field(default_factory=dict)
+    cache: dict[Any, Array] = field(default_factory=dict, repr=False)  # derived, never saved
 
     def __call__(self, x: npt.ArrayLike, profile: dict[str, float] | None = None) -> Array:
         """Logits for normalized float32 inputs ``(N, C, H, W)`` or ``(N, F)``.

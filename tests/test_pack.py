@@ -195,3 +195,20 @@ def test_xnor_layers_hand_bits_to_the_next(name):
     unfused = pack(model, shape, fuse=False)(x.numpy())
     assert (out.argmax(1) == ref.argmax(1)).all()
     np.testing.assert_allclose(out, unfused, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_binary_weight_conv_float_gemm_path_matches(monkeypatch):
+    """Large batches run binary-weight convs as a float GEMM on cached ±1 weights: same result."""
+    import onebit.runtime as rt
+
+    model = _model("resnet20", (3, 16, 16), {"width": 8}, BinaryConnect())
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    packed = pack(model, (3, 16, 16))
+    small = packed(x.numpy())
+    monkeypatch.setattr(rt, "FLOAT_GEMM_MIN_ROWS", 0)
+    large = packed(x.numpy())
+    assert any(key[1] == "pm1" for key in packed.cache)
+    for out in (small, large):
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
