@@ -193,12 +193,17 @@ def _shortcut_a(m: PackedModel, op: Op, x: Array) -> Array:
     return np.pad(x, ((0, 0), (0, 0), (0, 0), (pad // 2, pad - pad // 2)))
 
 
+def _hardtanh(x: Array, lo: float, hi: float) -> Array:
+    y = np.maximum(x, np.float32(lo))  # two ufunc passes beat np.clip's slower generic path
+    return np.minimum(y, np.float32(hi), out=y)
+
+
 OPS: dict[str, Callable[..., Array]] = {
     "linear": _linear,
     "conv": _conv,
     "affine": _affine,
     "relu": lambda m, op, x: np.maximum(x, 0, dtype=np.float32),
-    "hardtanh": lambda m, op, x: np.clip(x, op.attrs["min"], op.attrs["max"]),
+    "hardtanh": lambda m, op, x: _hardtanh(x, op.attrs["min"], op.attrs["max"]),
     "maxpool": _maxpool,
     "avgpool": lambda m, op, x: x.mean(axis=(1, 2), dtype=np.float32),
     "flatten": _flatten,
