@@ -12,6 +12,11 @@ $py benchmarks/bench_kernels.py --rounds 9 --threads 1,2 --out "$out/kernels.jso
 $py benchmarks/bench_models.py --repeats 20 --out "$out/models.json"
 bash benchmarks/lce/setup.sh > /dev/null
 $py benchmarks/lce/compare_conv.py --out "$out/lce_conv.json" > /dev/null
+# one epoch of the Fashion-MNIST MLP at 2 threads (train + validation + test), when the data is found
+if .venv/bin/onebit data where fashion-mnist > /dev/null 2>&1; then
+  .venv/bin/onebit train configs/fmnist_mlp.toml --methods fp,bc,bnn --set train.epochs=1 \
+    --set train.threads=2 --out "$(mktemp -d)" --json "$out/epoch_time.json" --no-progress
+fi
 $py benchmarks/speed_table.py "$out" > "$out/README.md"
 cp "$0" "$out/command.sh"
 cat "$out/README.md"
