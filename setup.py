@@ -33,13 +33,13 @@ class OptionalBuildExt(build_ext):
     def run(self):
         try:
             super().run()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self._fail(e)
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             self._fail(e)
 
     def _fail(self, e):

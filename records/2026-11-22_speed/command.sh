@@ -1,22 +1,3 @@
-#!/usr/bin/env bash
-# Remake the speed records the README quotes, on an otherwise idle machine:
-#   benchmarks/speed_records.sh [records/<date>_speed]
-# Each figure is a ratio measured in the same run (onebit against torch fp32 / Larq Compute Engine).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-out=${1:-records/$(date +%F)_speed}
-py=.venv/bin/python
-mkdir -p "$out"
-$py benchmarks/bench_train_step.py --threads 2 --steps 60 --rounds 6 --out "$out/train_step.json"
-$py benchmarks/bench_kernels.py --rounds 9 --threads 1,2 --out "$out/kernels.json" > /dev/null
-$py benchmarks/bench_models.py --repeats 20 --out "$out/models.json"
-bash benchmarks/lce/setup.sh > /dev/null
-$py benchmarks/lce/compare_conv.py --out "$out/lce_conv.json" > /dev/null
-# one epoch of the Fashion-MNIST MLP at 2 threads (train + validation + test), when the data is found
-if .venv/bin/onebit data where fashion-mnist > /dev/null 2>&1; then
-  .venv/bin/onebit train configs/fmnist_mlp.toml --methods fp,bc,bnn --set train.epochs=1 \
-    --set train.threads=2 --out "$(mktemp -d)" --json "$out/epoch_time.json" --no-progress
-fi
-$py benchmarks/speed_table.py "$out" > "$out/README.md"
-cp "$0" "$out/command.sh"
-cat "$out/README.md"
+#!/bin/sh
+# remakes this record on an otherwise idle machine (ONEBIT_DATA pointing at the datasets)
+benchmarks/speed_records.sh records/2026-11-22_speed
