@@ -62,10 +62,6 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def _pct(m: float, s: float, n: int) -> str:
-    return f"{100 * m:.2f} ± {100 * s:.2f}" if n > 1 else f"{100 * m:.2f}"
-
-
 HEADERS = {
     "record": "record",
     "method": "method",
