@@ -9,7 +9,7 @@ The grid is every (method, seed) pair of one config. Each pair is one call of
 
 Every method trains with the config's model, data, epochs, augmentation and recipe; its options
 are its defaults unless the config's ``[method]`` table names that method (then they are the
-table's options).
+table's options), except the first/last-layer policy, which ``[method]`` sets for the whole grid.
 
 **Resuming.** Before anything trains, each folder is checked: a run whose ``summary.json`` is
 complete is never redone; a run with a ``last.pt`` continues from it (``resume=True``); a folder
@@ -126,11 +126,19 @@ class Comparison:
         return [j.run_dir for j in self.jobs]
 
 
+SHARED_OPTIONS = ("keep_first", "keep_last")
+
+
 def method_config(cfg: Config, name: str) -> Config:
-    """``cfg`` with method ``name``: the config's options if its ``[method]`` names it, else defaults."""
+    """``cfg`` with method ``name``: the config's options if its ``[method]`` names it, else defaults.
+
+    The first/last-layer policy (``keep_first``, ``keep_last``) set in ``[method]`` describes the
+    experiment's network, so every binarizing method of the grid gets it (fp ignores it).
+    """
     if name == cfg.method.name:
         return copy.deepcopy(cfg)
-    return Config.from_dict({**cfg.to_dict(), "method": {"name": name}})
+    shared = {k: v for k, v in cfg.method.options.items() if k in SHARED_OPTIONS}
+    return Config.from_dict({**cfg.to_dict(), "method": {"name": name, **shared}})
 
 
 def _plain(d: Any) -> Any:

@@ -62,7 +62,8 @@ def binarize_(
     for i, (name, m) in enumerate(layers):
         if isinstance(m, BinaryLinear | BinaryConv2d):  # re-binarizing: start from the float layer
             m = float_from_binary(m)
-        keep = (i == 0 and kf) or (i == len(layers) - 1 and kl)
+        # a model may mark layers that must stay float (a ViT's patch embedding and head)
+        keep = (i == 0 and kf) or (i == len(layers) - 1 and kl) or getattr(m, "keep_float", False)
         if keep or (filter_fn is not None and not filter_fn(name, m)):
             _set_submodule(model, name, m)
             continue

@@ -9,7 +9,8 @@ hard-binarized model a user deploys. With ``binary = False`` the layer acts as i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
@@ -18,7 +19,14 @@ from torch.nn import functional as F
 
 from onebit.quantizers import scale
 
-__all__ = ["BinaryConv2d", "BinaryLayer", "BinaryLinear", "WeightQuantizer", "is_binary_layer"]
+__all__ = [
+    "BinaryConv2d",
+    "BinaryLayer",
+    "BinaryLinear",
+    "WeightQuantizer",
+    "is_binary_layer",
+    "relaxed",
+]
 
 
 class WeightQuantizer(Protocol):
@@ -55,7 +63,13 @@ class BinaryLayer:
         self.binary = True
 
     def alpha(self) -> Tensor:
-        """The scale of the binary weight (detached): scalar or one per output channel."""
+        """The scale of the binary weight (detached): scalar or one per output channel.
+
+        Rule ``stored`` reads the layer's ``alpha_stored`` buffer, which a method's optimizer
+        keeps up to date (LAB's curvature-weighted scale cannot be computed from ``w`` alone).
+        """
+        if self.scale_rule == "stored":
+            return self.alpha_stored  # type: ignore[attr-defined]
         return scale(self.weight, self.scale_rule)
 
     def forward_weight(self, hard: bool | None = None) -> Tensor:
@@ -63,7 +77,8 @@ class BinaryLayer:
         w = self.weight
         if not self.binary:
             return w
-        hard = (not self.training) if hard is None else hard
+        if hard is None:
+            hard = not self.training and not self.__dict__.get("_relaxed", False)
         wb = self.quantizer.hard(w) if hard else self.quantizer(w, self._buffer_for(w))
         if self.scale_rule == "none":  # skip a useless multiply on the hot path
             return wb
@@ -161,6 +176,23 @@ class BinaryConv2d(BinaryLayer, nn.Conv2d):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self.binary_extra_repr()}"
+
+
+@contextlib.contextmanager
+def relaxed(model: nn.Module) -> Iterator[nn.Module]:
+    """Within this context, binary layers in eval mode use the training forward weight ``q(w)``.
+
+    Evaluates the relaxed model of methods whose training weight is not yet ``sign(w)`` (GWT,
+    ProxConnect, BNN++); outside it evaluation always uses the hard-binarized weight.
+    """
+    layers = [m for m in model.modules() if is_binary_layer(m)]
+    for m in layers:
+        m.__dict__["_relaxed"] = True
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.__dict__.pop("_relaxed", None)
 
 
 def is_binary_layer(m: nn.Module) -> bool:

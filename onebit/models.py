@@ -28,6 +28,7 @@ __all__ = [
     "resnet20",
     "small_cnn",
     "vgg_small",
+    "vit",
 ]
 
 ACTS: dict[str, Callable[[], nn.Module]] = {
@@ -228,12 +229,102 @@ def resnet18(
     return ResNet(in_shape, num_classes, widths, (2, 2, 2, 2), act, "B", bn_logits)
 
 
+class _Attention(nn.Module):
+    """Multi-head self-attention; ``qkv`` and ``proj`` are binarizable Linear layers."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, n, d))
+
+
+class _ViTBlock(nn.Module):
+    """Pre-norm transformer block: ``x + attn(LN(x))``, then ``x + fc2(act(fc1(LN(x))))``."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, act: str) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = _Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU() if act == "gelu" else _act(act)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class ViT(nn.Module):
+    """DeiT-style vision transformer: patch embedding, class token, learned positions, blocks, head.
+
+    The patch embedding and the head are marked ``keep_float`` (``binarize_`` leaves them float,
+    as the ProxConnect++ paper's ViT runs do [recon]); the attention and MLP Linear layers of every
+    block are binarizable.
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        num_classes: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float,
+        patch: int,
+        act: str,
+    ) -> None:
+        super().__init__()
+        c, h, w = in_shape
+        if h % patch or w % patch or dim % heads:
+            raise OnebitError(
+                f"vit needs the patch ({patch}) to divide the image ({h}x{w}) and heads ({heads}) "
+                f"to divide dim ({dim})."
+            )
+        self.patch_embed = nn.Conv2d(c, dim, patch, stride=patch)
+        self.patch_embed.keep_float = True
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, (h // patch) * (w // patch) + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*(_ViTBlock(dim, heads, mlp_ratio, act) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self.head.keep_float = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def vit(
+    in_shape: Sequence[int] = (3, 32, 32),
+    num_classes: int = 10,
+    dim: int = 128,
+    depth: int = 4,
+    heads: int = 4,
+    mlp_ratio: float = 2.0,
+    patch: int = 4,
+    act: str = "gelu",
+) -> ViT:
+    """A tiny DeiT-style ViT for 32x32 inputs (defaults: 4 blocks of width 128, 4x4 patches)."""
+    return ViT(in_shape, num_classes, dim, depth, heads, mlp_ratio, patch, act)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "small_cnn": small_cnn,
     "vgg_small": vgg_small,
     "resnet20": resnet20,
     "resnet18": resnet18,
+    "vit": vit,
 }
 
 

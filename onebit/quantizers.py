@@ -25,14 +25,21 @@ from onebit.errors import OnebitError
 __all__ = [
     "SCALES",
     "ActSign",
+    "GroupClip",
+    "Identity",
+    "ProxRamp",
     "SignHtanh",
     "SignIdentity",
     "SignMaskedSTE",
     "SignSTE",
+    "SignSwish",
+    "SignSwishSTE",
     "StochasticSign",
     "StochasticSignSTE",
     "scale",
     "sign",
+    "signswish",
+    "signswish_grad",
 ]
 
 
@@ -157,6 +164,165 @@ class ActSign:
     def __call__(self, a: Tensor) -> Tensor:
         """Binarize activations (same rule in training and evaluation)."""
         return SignMaskedSTE.apply(a)
+
+
+def signswish(x: Tensor, b: float) -> Tensor:
+    """SignSwish ``SS_b(x) = 2 sigmoid(bx) (1 + bx (1 - sigmoid(bx))) - 1`` (Darabi et al. 2018).
+
+    A smooth sign that tends to ``sign(x)`` as ``b`` grows; it overshoots to about 1.2 near
+    ``x = 2.4 / b`` (so a forward pass with it is not in [-1, 1]). BNN+/BNN++, PAPERS.md section 1.
+    """
+    bx = b * x
+    s = torch.sigmoid(bx)
+    return 2 * s * (1 + bx * (1 - s)) - 1
+
+
+def signswish_grad(x: Tensor, b: float) -> Tensor:
+    """``d SS_b / dx = b (2 - bx tanh(bx / 2)) / (1 + cosh(bx))``; equals ``b`` at 0, even in ``x``."""
+    bx = b * x
+    return b * (2 - bx * torch.tanh(bx / 2)) / (1 + torch.cosh(bx))
+
+
+def _layer_unit(w: Tensor) -> Tensor:
+    # mean |w| of the layer, detached: the unit in which steepness is measured (see ProxRamp)
+    return w.detach().abs().mean().clamp_min(1e-12)
+
+
+class _RampSTE(torch.autograd.Function):
+    """Forward ``clip(mu * w / s, -1, 1)``; backward ``g`` unchanged (B = identity)."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, mu: float, s: Tensor) -> Tensor:
+        return (w * (mu / s)).clamp_(-1, 1)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:
+        return g, None, None
+
+
+class _SignSwishBackward(torch.autograd.Function):
+    """Forward ``sign(w)``; backward ``g * SS_mu'(w / s) / s`` (BNN+: B = SignSwish)."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, mu: float, s: Tensor) -> Tensor:
+        ctx.save_for_backward(w, s)
+        ctx.mu = mu
+        return sign(w)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:
+        w, s = ctx.saved_tensors
+        return g * signswish_grad(w / s, ctx.mu) / s, None, None
+
+
+class _SignSwishExact(torch.autograd.Function):
+    """Forward ``SS_mu(w / s)``; backward its exact derivative ``g * SS_mu'(w / s) / s`` (BNN++)."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, mu: float, s: Tensor) -> Tensor:
+        ctx.save_for_backward(w, s)
+        ctx.mu = mu
+        return signswish(w / s, mu)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:
+        w, s = ctx.saved_tensors
+        return g * signswish_grad(w / s, ctx.mu) / s, None, None
+
+
+@dataclass(frozen=True)
+class ProxRamp:
+    """ProxConnect's forward ``F = P_mu``: ``wb = clip(mu * w / s, -1, 1)``, backward identity.
+
+    ``s = mean|w|`` of the layer (detached) measures ``w`` in units of its own magnitude, so one
+    steepness schedule fits layers of any fan-in and any initialization (our choice; PAPERS.md
+    gives the ramp ``clip(mu * w, -1, 1)`` for weights of unit scale). As ``mu`` grows the ramp
+    tends to ``sign``. Deployed: ``sign(w)``.
+    """
+
+    mu: float = 1.0
+
+    def __call__(self, w: Tensor, buf: list[Tensor] | None = None) -> Tensor:
+        """Training forward weight."""
+        return _RampSTE.apply(w, self.mu, _layer_unit(w))
+
+    def hard(self, w: Tensor) -> Tensor:
+        """Deployed weight ``sign(w)``."""
+        return sign(w)
+
+
+@dataclass(frozen=True)
+class SignSwishSTE:
+    """BNN+: forward ``sign(w)``, backward ``dL/dw = SS_mu'(w / s) / s * g`` (``s`` as ProxRamp)."""
+
+    mu: float = 1.0
+
+    def __call__(self, w: Tensor, buf: list[Tensor] | None = None) -> Tensor:
+        """Training forward weight ``sign(w)`` with the SignSwish backward."""
+        return _SignSwishBackward.apply(w, self.mu, _layer_unit(w))
+
+    def hard(self, w: Tensor) -> Tensor:
+        """Deployed weight ``sign(w)``."""
+        return sign(w)
+
+
+@dataclass(frozen=True)
+class SignSwish:
+    """BNN++: forward ``wb = SS_mu(w / s)`` and its exact gradient (``s`` as ProxRamp).
+
+    The training forward overshoots to about ±1.2; deployment and evaluation use ``sign(w)``.
+    """
+
+    mu: float = 1.0
+
+    def __call__(self, w: Tensor, buf: list[Tensor] | None = None) -> Tensor:
+        """Training forward weight ``SS_mu(w / s)``."""
+        return _SignSwishExact.apply(w, self.mu, _layer_unit(w))
+
+    def hard(self, w: Tensor) -> Tensor:
+        """Deployed weight ``sign(w)``."""
+        return sign(w)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Training forward ``wb = w`` (gradient at the latent point, ProxQuant); deployed ``sign(w)``."""
+
+    def __call__(self, w: Tensor, buf: list[Tensor] | None = None) -> Tensor:
+        """Training forward weight: the latent weight itself."""
+        return w
+
+    def hard(self, w: Tensor) -> Tensor:
+        """Deployed weight ``sign(w)``."""
+        return sign(w)
+
+
+def group_clip(w: Tensor, k: float) -> Tensor:
+    """``clip(k * w_G / rms(w_G), -1, 1)`` per group ``G`` = output row/filter (GWT, [recon]).
+
+    Differentiable almost everywhere; autograd differentiates through ``rms`` too, so the weights of
+    a group are coupled and the gradient is exact (no straight-through estimator).
+    """
+    rms = w.flatten(1).square().mean(1).add(1e-12).sqrt()
+    return (k * w / rms.view(-1, *([1] * (w.dim() - 1)))).clamp(-1, 1)
+
+
+@dataclass(frozen=True)
+class GroupClip:
+    """Group weight transformation (Shulman 2021, our reconstruction): ``wb = group_clip(w, k)``.
+
+    Backward: exact autograd of the transformation. Deployed: ``sign(w)``.
+    """
+
+    k: float = 2.0
+
+    def __call__(self, w: Tensor, buf: list[Tensor] | None = None) -> Tensor:
+        """Training forward weight (relaxed, mostly at ±1)."""
+        return group_clip(w, self.k)
+
+    def hard(self, w: Tensor) -> Tensor:
+        """Deployed weight ``sign(w)``."""
+        return sign(w)
 
 
 def _scale_none(w: Tensor) -> Tensor:

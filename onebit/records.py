@@ -143,6 +143,21 @@ def record_rows(record: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def paper_numbers(record: str | Path) -> dict[str, str]:
+    """``method -> text`` from the record's optional ``paper.json``: the published number beside
+    which the README shows ours (e.g. ``"98.82 (LAB paper, 50 epochs)"``)."""
+    path = Path(record) / "paper.json"
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError:
+        raise OnebitError(f"{path} is not valid JSON.") from None
+    if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
+        raise OnebitError(f"{path} must map method names to text.")
+    return doc
+
+
 def readme_block(records: str | Path, readme: str | Path) -> str:
     """The generated text between the README markers: one table over every record (each row
     linking to its record folder) and each record's accuracy plot."""
@@ -159,10 +174,15 @@ def readme_block(records: str | Path, readme: str | Path) -> str:
     for d in folders:
         link = Path(os.path.relpath(d.resolve(), base)).as_posix()
         summary = summarize(record_rows(d))
-        table += [{"record": f"[{d.name}]({link}/)", **row} for row in format_table(summary)]
+        paper = paper_numbers(d)
+        table += [
+            {"record": f"[{d.name}]({link}/)", **row, "paper": paper.get(row["method"], "")}
+            for row in format_table(summary)
+        ]
         if (d / "plots" / "accuracy.png").is_file():
             plots.append(f"![{d.name}: test accuracy per epoch]({link}/plots/accuracy.png)")
     cols = ["record", "method", "seeds", "test_best_val", "test_last", "gap", "epochs", "size"]
+    cols += [c for c in ("relaxed", "paper") if any(r[c] not in ("", "—") for r in table)]
     lines += [
         "Test accuracy (%) of the hard-binarized model, mean ± std over seeds (best-validation "
         "epoch and last epoch); gap to the full-precision twin in points.",

@@ -75,7 +75,13 @@ HEADERS = {
     "size": "size",
     "gap": "gap to fp (pts)",
     "wall": "wall time/run",
+    "relaxed": "relaxed model acc % (last)",
+    "off_pm1": "weights off ±1 (last)",
+    "paper": "paper",
 }
+
+# columns shown only when some method reports them (GWT, ProxQuant and the ProxConnect family)
+OPTIONAL_COLUMNS = ("relaxed", "off_pm1")
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -247,6 +253,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     k: rs[0].get(k)
                     for k in ("binary_params", "float_params", "size_bytes", "float_size_bytes")
                 },
+                **_optional_means(rs),
             }
         )
     fp = next((r for r in out if r["method"] == "fp"), None)
@@ -255,6 +262,18 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             if r is not fp:
                 r["gap_best_val"] = _r(r["test_best_val_mean"] - fp["test_best_val_mean"])
                 r["gap_last"] = _r(r["test_last_mean"] - fp["test_last_mean"])
+    return out
+
+
+def _optional_means(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std of the relaxed model's accuracy and of the fraction of weights off ±1, where
+    every seed reports them (None otherwise)."""
+    out: dict[str, Any] = {"relaxed_mean": None, "relaxed_std": None, "off_pm1_mean": None}
+    if all(r.get("relaxed_test_acc") is not None for r in rs):
+        m, sd = mean_std([100 * r["relaxed_test_acc"] for r in rs])
+        out["relaxed_mean"], out["relaxed_std"] = _r(m), _r(sd)
+    if all(r.get("off_binary") is not None for r in rs):
+        out["off_pm1_mean"] = statistics.fmean(r["off_binary"] for r in rs)
     return out
 
 
@@ -290,15 +309,25 @@ def format_table(summary: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
                 "binary_params": "" if r["binary_params"] is None else f"{r['binary_params']:,}",
                 "float_params": "" if r["float_params"] is None else f"{r['float_params']:,}",
                 "size": "" if r["size_bytes"] is None else human_bytes(r["size_bytes"]),
+                "relaxed": "—"
+                if r.get("relaxed_mean") is None
+                else _pm(r["relaxed_mean"], r["relaxed_std"], n),
+                "off_pm1": "—"
+                if r.get("off_pm1_mean") is None
+                else f"{100 * r['off_pm1_mean']:.2f}%",
             }
         )
     return out
 
 
 def table_columns(summary: Sequence[dict[str, Any]]) -> list[str]:
-    """``COMPARE_COLUMNS``, without the gap column when there is no ``fp`` row to measure from."""
+    """``COMPARE_COLUMNS``, without the gap column when there is no ``fp`` row to measure from, plus
+    the optional columns some row reports."""
     has_fp = any(r["method"] == "fp" for r in summary)
-    return [c for c in COMPARE_COLUMNS if c != "gap" or has_fp]
+    cols = [c for c in COMPARE_COLUMNS if c != "gap" or has_fp]
+    return cols + [
+        c for c in OPTIONAL_COLUMNS if any(r.get(f"{c}_mean") is not None for r in summary)
+    ]
 
 
 def results_doc(rows: Sequence[dict[str, Any]], name: str = "") -> dict[str, Any]:

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from onebit.config import TrainConfig
 from onebit.data import Dataset, Split, batches, num_batches
 from onebit.errors import OnebitError
-from onebit.layers import is_binary_layer
+from onebit.layers import is_binary_layer, relaxed
 from onebit.methods import Method
 
 __all__ = [
@@ -68,7 +68,7 @@ class History:
 
     def summary(self) -> dict[str, Any]:
         """Test accuracy at the best-validation epoch and at the last one."""
-        return {
+        out = {
             "best_epoch": self.best["epoch"],
             "val_acc_best": self.best["val_acc"],
             "test_acc_best_val": self.best["test_acc"],
@@ -76,6 +76,11 @@ class History:
             "epochs": len(self.epochs),
             "seconds": sum(r["seconds"] for r in self.epochs),
         }
+        # method-specific numbers of the last epoch (relaxed accuracy, fraction off ±1, ...)
+        for key in ("relaxed_test_acc", "off_binary"):
+            if key in self.last:
+                out[key] = self.last[key]
+        return out
 
 
 def squared_hinge(logits: Tensor, y: Tensor) -> Tensor:
@@ -401,7 +406,7 @@ def train(
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            method.after_step(model)
+            method.after_step(model, lr=lr)
             # accumulate without .item() so the loop never waits on a sync
             tot_loss += loss.detach() * len(y)
             tot_correct += (logits.detach().argmax(1) == y).sum()
@@ -412,6 +417,10 @@ def train(
         test_loss, test_acc = evaluate(model, data.test, data, **ev)
         if math.isnan(val_acc):  # no validation split: select on test, and say so in the record
             val_loss, val_acc = test_loss, test_acc
+        extra: dict[str, Any] = dict(method.metrics(model))
+        if method.relaxed_eval:  # the relaxed model (training forward weights), beside the hard one
+            with relaxed(model):
+                extra["relaxed_test_acc"] = evaluate(model, data.test, data, **ev)[1]
         rec = {
             "epoch": epoch,
             "lr": lr,
@@ -423,6 +432,7 @@ def train(
             "test_acc": test_acc,
             "train_seconds": train_seconds,
             "seconds": time.perf_counter() - t0,
+            **extra,
             **diagnostics(model, signs_before),
         }
         history.epochs.append(rec)

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from onebit.cli import main
-from onebit.compare import compare, plan
-from onebit.config import load_config
+from onebit.compare import compare, method_config, plan
+from onebit.config import Config, load_config
 from onebit.errors import OnebitError
 from onebit.methods import METHODS, BinaryConnect
 from tests.test_cli import _config
@@ -194,3 +194,13 @@ def test_a_failed_dependency_fails_its_dependents(tmp_path, monkeypatch):
     assert "missing.npz" in res.failed["fp-s0"]
     assert res.failed["fromfp-s0"] == "its pre-training run fp-s0 failed"
     assert res.rows == [] and res.results["table"] == []
+
+
+def test_grid_shares_the_layer_policy_but_not_other_options():
+    cfg = Config.from_dict(
+        {"method": {"name": "bc", "keep_first": True, "keep_last": True, "stochastic": True}}
+    )
+    other = method_config(cfg, "bnn++")
+    assert other.method.name == "bnn++"
+    assert other.method.options == {"keep_first": True, "keep_last": True}
+    assert method_config(cfg, "bc").method.options["stochastic"] is True

@@ -19,6 +19,7 @@ SMALL = {
     "vgg_small": {"width": 8},
     "resnet20": {"width": 4},
     "resnet18": {"width": 4},
+    "vit": {"dim": 16, "depth": 2, "heads": 2, "patch": 8},
 }
 
 
@@ -27,19 +28,24 @@ SMALL = {
 def test_binarize_every_registered_model(name, method):
     torch.manual_seed(0)
     shape = SHAPES.get(name, (3, 32, 32))
-    model = build(name, shape, 10, **SMALL[name])
+    model = build(name, shape, 10, **SMALL.get(name, {}))
     n_layers = len(binarizable_layers(model))
+    fixed = [getattr(m, "keep_float", False) for _, m in binarizable_layers(model)]
     x = torch.randn(2, *shape)
     binarize_(model, method)
     layers = binarizable_layers(model)
     flags = [is_binary_layer(m) for _, m in layers]
     assert len(layers) == n_layers
-    assert flags[0] is (not method.keep_first) and flags[-1] is (not method.keep_last)
-    assert all(flags[1:-1])
-    # activation binarizer everywhere but on the network input
-    acts = [getattr(m, "act", None) is not None for _, m in layers if is_binary_layer(m)]
+    policy = [
+        not ((i == 0 and method.keep_first) or (i == n_layers - 1 and method.keep_last))
+        for i in range(n_layers)
+    ]
+    # every layer follows the first/last policy, except those the model marks keep_float
+    assert flags == [p and not f for p, f in zip(policy, fixed, strict=True)]
+    # activation binarizer on every binary layer but the one that sees the network input
+    acts = [getattr(m, "act", None) is not None for _, m in layers]
     if method.binary_activations:
-        assert acts == [i > 0 or method.keep_first for i in range(len(acts))]
+        assert acts == [b and i > 0 for i, b in enumerate(flags)]
     else:
         assert not any(acts)
     out = model.train()(x)

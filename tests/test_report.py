@@ -14,7 +14,7 @@ from onebit import plots
 from onebit.cli import main
 from onebit.errors import OnebitError
 from onebit.records import README_END, README_START, readme_block, update_readme
-from onebit.report import find_runs, format_table, mixed_methods, summarize
+from onebit.report import find_runs, format_table, mixed_methods, summarize, table_columns
 from tests.test_compare import run_comparison
 
 ROOT = Path(__file__).parents[1]
@@ -60,6 +60,18 @@ def test_summarize_orders_methods_and_measures_the_gap():
     assert text[0]["gap"] == "—" and text[1]["size"] == "165 B"
     (only,) = format_table(summarize(rows[:1]))
     assert only["test_best_val"] == "80.00" and only["gap"] == "—"
+
+
+def test_relaxed_and_off_binary_columns_appear_only_when_reported():
+    rows = [_row("fp", 0, 0.9, 0.9), _row("gwt", 0, 0.8, 0.8), _row("gwt", 1, 0.82, 0.8)]
+    assert "relaxed" not in table_columns(summarize(rows))
+    for r, (acc, off) in zip(rows[1:], [(0.85, 0.1), (0.87, 0.3)], strict=True):
+        r["relaxed_test_acc"], r["off_binary"] = acc, off
+    summary = summarize(rows)
+    assert table_columns(summary)[-2:] == ["relaxed", "off_pm1"]
+    fp, gwt = format_table(summary)
+    assert fp["relaxed"] == "—" and fp["off_pm1"] == "—"
+    assert gwt["relaxed"] == "86.00 ± 1.41" and gwt["off_pm1"] == "20.00%"
 
 
 def _decodes(path: Path | None) -> None:
@@ -146,6 +158,14 @@ def test_readme_generated_from_records(comparison, tmp_path, capsys):
     assert "[2026-11-22_tiny](records/2026-11-22_tiny/)" in text
     assert "| fp " in text and "| bc " in text
     assert "(records/2026-11-22_tiny/plots/accuracy.png)" in text
+    header = next(line for line in text.splitlines() if line.startswith("| record"))
+    assert "paper" not in header
+    # a record's paper.json puts the published number beside ours
+    (records / "2026-11-22_tiny" / "paper.json").write_text(json.dumps({"bc": "98.7 (paper)"}))
+    assert main(args) == 0
+    text = readme.read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| record"))
+    assert "paper" in header and "98.7 (paper)" in text
     assert main([*args, "--check"]) == 0
     assert not update_readme(readme, records)
 

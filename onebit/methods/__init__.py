@@ -8,22 +8,48 @@ from onebit.methods.bc import BinaryConnect
 from onebit.methods.bnn import BNN
 from onebit.methods.bwn import BWN
 from onebit.methods.fp import FullPrecision
+from onebit.methods.gwt import GWT
+from onebit.methods.lab import LAB, LAB2, LABOptimizer
+from onebit.methods.proxconnect import BNNPlus, BNNPlusPlus, ProxConnect
+from onebit.methods.proxquant import ProxQuant
 from onebit.methods.xnor import XNORNet
 
 __all__ = [
     "BNN",
     "BWN",
+    "GWT",
+    "LAB",
+    "LAB2",
     "METHODS",
+    "BNNPlus",
+    "BNNPlusPlus",
     "BinaryConnect",
     "FullPrecision",
+    "LABOptimizer",
     "Method",
+    "ProxConnect",
+    "ProxQuant",
     "XNORNet",
     "clip_latent_",
     "method_class",
 ]
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (FullPrecision, BinaryConnect, BWN, BNN, XNORNet)
+    cls.name: cls
+    for cls in (
+        FullPrecision,
+        BinaryConnect,
+        BWN,
+        BNN,
+        XNORNet,
+        ProxConnect,
+        BNNPlus,
+        BNNPlusPlus,
+        ProxQuant,
+        LAB,
+        LAB2,
+        GWT,
+    )
 }
 
 

@@ -48,6 +48,8 @@ class Method:
     )
     paper: ClassVar[str] = ""
     reconstruction: ClassVar[bool] = False
+    # evaluate the relaxed model (training forward weights) too, when it differs from sign(w)
+    relaxed_eval: ClassVar[bool] = False
 
     keep_first: bool = False
     keep_last: bool = False
@@ -94,10 +96,15 @@ class Method:
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
         """Hook before each epoch: methods whose quantizers change with progress update them."""
 
-    def after_step(self, model: nn.Module) -> None:
-        """Hook after each optimizer step: clip latent weights when the method asks for it."""
+    def after_step(self, model: nn.Module, lr: float = 0.0) -> None:
+        """Hook after each optimizer step (``lr``: the step's base rate): clip latent weights when
+        the method asks for it."""
         if self.clip is not None:
             clip_latent_(model.modules(), self.clip)
+
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        """Method-specific numbers for the epoch's metrics line (default: none)."""
+        return {}
 
     def to_dict(self) -> dict[str, Any]:
         """``{"name": ..., **options}``: what a config file holds."""
