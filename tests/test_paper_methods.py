@@ -128,7 +128,7 @@ def test_proxquant_grows_lambda_then_freezes_binary():
     binarize_(model, method)
     layers = [m for m in model.modules() if is_binary_layer(m)]
     method.on_epoch_start(model, 0, 5)
-    assert layers[0].__dict__["_prox_lambda"] == 0
+    assert layers[0].__dict__["_prox_lambda"] == pytest.approx(2.0 / 3)
     method.on_epoch_start(model, 2, 5)
     assert layers[0].__dict__["_prox_lambda"] == pytest.approx(2.0)
     before = layers[0].weight.detach().clone()

@@ -33,7 +33,7 @@ class ProxQuant(Method):
 
     Forward (training): ``wb = w`` (the gradient is taken at the latent point). After each optimizer
     step with rate ``lr``: ``w <- clip(prox_binary(w, lr * lambda_e), -1, 1)`` with
-    ``lambda_e = lam * e / max(1, freeze - 1)`` growing linearly with the epoch ``e``. At epoch
+    ``lambda_e = lam * (e + 1) / freeze`` growing linearly with the epoch ``e``. At epoch
     ``freeze`` (default: the last epoch) the binary layers' weights become ``sign(w)`` and are
     frozen; the remaining epochs train BatchNorm and float layers. Evaluation uses ``sign(w)``.
 
@@ -62,7 +62,7 @@ class ProxQuant(Method):
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
         """Set this epoch's ``lambda``; at the freeze epoch and after, binarize and freeze."""
         freeze = epochs - 1 if self.freeze_epoch is None else self.freeze_epoch
-        lam = self.lam * min(epoch, freeze) / max(1, freeze - 1)
+        lam = self.lam * min(epoch + 1, freeze) / max(1, freeze)
         frozen = epoch >= freeze
         for m in model.modules():
             if is_binary_layer(m) and m.binary:
