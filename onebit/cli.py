@@ -1,4 +1,4 @@
-"""The ``onebit`` command line, thin over the API: train, eval, data, compare, report.
+"""The ``onebit`` command line, thin over the API: train, eval, data, compare, sensitivity, report.
 
 Bad input ends in one sentence on stderr and exit status 2, never a traceback from deep inside.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="find or download datasets")
     d.add_argument("action", choices=("where", "download"))
-    d.add_argument("name", help="mnist, fashion-mnist or cifar10")
+    d.add_argument("name", help="mnist, fashion-mnist, cifar10 or linux-kernel")
     d.add_argument("--root", metavar="DIR", help="data folder")
 
     c = sub.add_parser(
@@ -143,6 +144,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="also copy config, environment, metrics, tables, plots and the command into DIR "
         "(e.g. records/2026-11-22_fmnist_mlp)",
     )
+
+    sn = sub.add_parser(
+        "sensitivity",
+        help="sensitivity pre-training: train one net per layer with only that layer binary",
+        formatter_class=fmt,
+        description="For each binarizable layer, train the config's model with only that layer "
+        "binary (method iterative, order = [layer]) for epochs_per_layer epochs and record its "
+        "validation accuracy; write the ranking to <out>/<name>/sensitivity-s<seed>/"
+        "sensitivity.json (read by order = sensitivity-ascending/-descending, e.g. methods "
+        "iterative-sens-asc and iterative-sens-desc) and a plot of accuracy per layer. Probes "
+        "run in parallel worker processes; finished probes are not redone. onebit compare makes "
+        "and reuses the same folder for the sensitivity-guided methods.",
+        epilog="examples:\n  onebit sensitivity configs/mnist_mlp_iterative.toml --seeds 0 1 2\n"
+        "  onebit train configs/mnist_mlp_iterative.toml --set method.name=iterative-sens-asc "
+        "--set method.ranking=runs/mnist_mlp_iterative/sensitivity-s0/sensitivity.json\n"
+        "  onebit compare configs/mnist_mlp_iterative.toml --methods fp,iterative,"
+        "iterative-sens-asc   # makes the ranking itself\n",
+    )
+    sn.add_argument("config", help="TOML config file (train.epochs: the budget the ranking serves)")
+    sn.add_argument(
+        "--seeds", type=int, nargs="+", metavar="N", help="seeds (default: the config's)"
+    )
+    sn.add_argument(
+        "--workers", type=int, default=2, metavar="N", help="worker processes (default 2)"
+    )
+    sn.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. method.epochs_per_layer=2",
+    )
+    sn.add_argument("--out", metavar="DIR", help="runs folder (default: the config's out, runs)")
+    sn.add_argument("--data-root", metavar="DIR", help="data folder")
 
     r = sub.add_parser(
         "report",
@@ -277,7 +313,10 @@ def _eval(args: argparse.Namespace) -> int:
         cfg.data.root = args.data_root
     data = load_data(cfg)
     loss, acc = evaluate(model, data.test, data, cfg.train.eval_batch_size, cfg.train.loss)
-    print(json.dumps({"run": str(args.run), "test_acc": acc, "test_loss": loss}))
+    row = {"run": str(args.run), "test_acc": acc, "test_loss": loss}
+    if cfg.train.loss == "ce" and data.test.y.dim() > 1:  # a language model: bits per character
+        row["test_bpc"] = loss / math.log(2)
+    print(json.dumps(row))
     return 0
 
 
@@ -333,6 +372,32 @@ def _compare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             "onebit: error: run the same command again to retry the failed runs.", file=sys.stderr
         )
         return 1
+    return 0
+
+
+def _sensitivity(args: argparse.Namespace) -> int:
+    from onebit.config import load_config
+    from onebit.report import markdown_table
+    from onebit.schedules import read_ranking
+    from onebit.sensitivity import sensitivity
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f'out="{args.out}"')
+    if args.data_root:
+        overrides.append(f'data.root="{args.data_root}"')
+    cfg = load_config(args.config, overrides)
+    try:
+        paths = sensitivity(cfg, args.seeds, workers=args.workers)
+    except KeyboardInterrupt:
+        log.error("interrupted; run the same command again to continue where it stopped")
+        return 130
+    for path in paths:
+        r = read_ranking(path)
+        rows = [{"layer": n, "val acc %": f"{100 * a:.2f}"} for n, a in r.layers]
+        print(f"{path}  ({r.epochs_per_layer} epochs per probe)")
+        print(markdown_table(rows))
+        print(f"ascending (least sensitive first): {', '.join(r.order(True))}\n")
     return 0
 
 
@@ -505,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args, argv)
         if args.command == "compare":
             return _compare(args, argv)
+        if args.command == "sensitivity":
+            return _sensitivity(args)
         if args.command == "report":
             return _report(args)
         handlers = {"eval": _eval, "data": _data, "pack": _pack, "run": _run, "bench": _bench}

@@ -38,14 +38,19 @@ compare then adds ``fp-s<seed>`` to the grid (shared with the ``fp`` row when ``
 too), starts ``mine-s<seed>`` only once it has finished, and sets ``method.init`` to its
 ``best.pt`` (unless the config sets ``init``), so the dependency is part of the run's recorded
 config. The method reads its ``init`` itself (e.g. loading the weights at the start of epoch 0);
-dependencies may chain, and a failed dependency fails its dependents. No method declares
-``pretrain`` yet.
+dependencies may chain, and a failed dependency fails its dependents. ``pretrain`` may also be
+a property of the method's options (read from the configured instance), and may name a *stage*
+(``STAGES``) instead of a method: ``iterative-sens-asc`` without a ranking declares
+``"sensitivity"``, so compare adds ``sensitivity-s<seed>`` (the per-layer probes of
+``onebit.sensitivity``, shared by every method of that seed that asks for the same stage) and
+fills the method's ``ranking`` with its ``sensitivity.json``. ``bitat`` declares ``"fp"``.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -57,7 +62,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from onebit.config import Config
+from onebit.config import Config, build_method
 from onebit.errors import OnebitError
 from onebit.methods import method_class
 
@@ -67,6 +72,15 @@ log = logging.getLogger(__name__)
 
 INIT_OPTION = "init"
 """The method option a pre-training dependency's ``best.pt`` path is written to."""
+
+STAGES = {"sensitivity": "onebit.sensitivity"}
+"""Pre-training stages that are not a method's run: name -> the module that runs them. The module
+has ``OPTION`` (the method option its output path fills), ``stage_config(cfg)``,
+``output_path(run_dir)``, ``stage_state(cfg, run_dir)`` and ``run_stage(cfg, run_dir, data)``."""
+
+
+def _stage(name: str) -> Any:
+    return importlib.import_module(STAGES[name])
 
 
 @dataclass(frozen=True)
@@ -78,12 +92,14 @@ class Job:
         cfg: the run's full config (method and seed set).
         run_dir: the run folder.
         needs: keys of the runs that must finish first (pre-training stages).
+        stage: the pre-training stage this job runs instead of a training run (``STAGES``).
     """
 
     key: str
     cfg: Config
     run_dir: Path
     needs: tuple[str, ...] = ()
+    stage: str | None = None
 
     @property
     def method(self) -> str:
@@ -178,14 +194,32 @@ def plan(cfg: Config, methods: Sequence[str], seeds: Sequence[int]) -> list[Job]
         c = method_config(cfg, name)
         c.train.seed = seed
         needs: tuple[str, ...] = ()
-        dep = getattr(method_class(name), "pretrain", None)
-        if dep:
+        dep = getattr(build_method(c.method), "pretrain", None)  # may depend on the options
+        if dep in STAGES:
+            needs = (add_stage(dep, c),)
+            option = _stage(dep).OPTION
+            if option not in c.method.options:
+                c.method.options[option] = str(_stage(dep).output_path(jobs[needs[0]].run_dir))
+        elif dep:
             dep_key = add(dep, seed, (*chain, name))
             needs = (dep_key,)
             fields = {f.name for f in dataclasses.fields(method_class(name))}
             if INIT_OPTION in fields and INIT_OPTION not in c.method.options:
                 c.method.options[INIT_OPTION] = str(jobs[dep_key].run_dir / "best.pt")
         jobs[key] = Job(key, c, folder / key, needs)
+        return key
+
+    def add_stage(stage: str, c: Config) -> str:
+        key = f"{stage}-s{c.train.seed}"
+        sc = _stage(stage).stage_config(c)
+        if key in jobs:
+            if _plain(jobs[key].cfg.to_dict()) != _plain(sc.to_dict()):
+                raise OnebitError(
+                    f"the compared methods ask for different {stage} pre-trainings ({key}); "
+                    "compare them separately."
+                )
+            return key
+        jobs[key] = Job(key, sc, folder / key, (), stage)
         return key
 
     for name in methods:
@@ -201,6 +235,8 @@ def _state(job: Job) -> tuple[str, Job]:
     continued with ``--out /abs/path/runs``; the job then keeps the folder's recorded ``out``.
     """
     d = job.run_dir
+    if job.stage is not None:
+        return _stage(job.stage).stage_state(job.cfg, d), job
     cfg_file = d / "config.json"
     if not cfg_file.is_file():
         return "new", job
@@ -246,8 +282,15 @@ def _init_worker(threads: int, level: int) -> None:
     )
 
 
-def _run_job(cfg: Config, run_dir: Path, cache: dict[str, Any] | None = None) -> None:
-    """Train (or continue) one run; the dataset is loaded once per process and reused."""
+def _data_key(cfg: Config) -> str:
+    return json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
+
+
+def _run_job(
+    cfg: Config, run_dir: Path, cache: dict[str, Any] | None = None, stage: str | None = None
+) -> None:
+    """Train (or continue) one run, or run a pre-training stage; the dataset is loaded once per
+    process and reused."""
     from onebit.runs import load_data, run
 
     if cfg.train.threads > 0:  # before run() records the environment (train() sets it later)
@@ -255,10 +298,13 @@ def _run_job(cfg: Config, run_dir: Path, cache: dict[str, Any] | None = None) ->
 
         torch.set_num_threads(cfg.train.threads)
     cache = _DATA if cache is None else cache
-    key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
+    key = _data_key(cfg)
     if key not in cache:
         cache.clear()  # one dataset at a time
         cache[key] = load_data(cfg)
+    if stage is not None:
+        _stage(stage).run_stage(cfg, run_dir, data=cache[key])
+        return
     run(cfg, run_dir=run_dir, resume=True, data=cache[key])
 
 
@@ -269,9 +315,16 @@ def _why(e: BaseException) -> str:
 
 
 def _execute(
-    todo: list[Job], done: set[str], workers: int, threads: int, failed: dict[str, str]
+    todo: list[Job],
+    done: set[str],
+    workers: int,
+    threads: int,
+    failed: dict[str, str],
+    cache: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Run ``todo`` (dependencies first), at most ``workers`` at a time; returns the keys run."""
+    """Run ``todo`` (dependencies first), at most ``workers`` at a time; returns the keys run.
+
+    ``cache`` (data key -> dataset) serves in-process runs (``workers = 1``)."""
     pending = list(todo)
     ran: list[str] = []
 
@@ -296,13 +349,13 @@ def _execute(
             log.error("%s failed: %s", job.key, failed[job.key], exc_info=error)
 
     if workers <= 1:
-        cache: dict[str, Any] = {}
+        cache = {} if cache is None else cache
         while batch := ready():
             job = batch[0]
             pending.remove(job)
             log.info("training %s in %s", job.key, job.run_dir)
             try:
-                _run_job(job.cfg, job.run_dir, cache)
+                _run_job(job.cfg, job.run_dir, cache, job.stage)
             except Exception as e:
                 finished(job, e)
             else:
@@ -322,7 +375,7 @@ def _execute(
                 pending.remove(job)
                 log.info("training %s in %s", job.key, job.run_dir)
                 try:
-                    running[pool.submit(_run_job, job.cfg, job.run_dir)] = job
+                    running[pool.submit(_run_job, job.cfg, job.run_dir, None, job.stage)] = job
                 except BrokenProcessPool as e:  # a worker died (killed, out of memory)
                     finished(job, e)
             if not running:

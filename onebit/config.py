@@ -2,7 +2,7 @@
 
 A config file has four tables, each optional::
 
-    [data]    name, root, path, val_size, augment
+    [data]    name, root, path, val_size, augment, seq_len, max_train, max_val
     [model]   name, plus the model builder's keyword options (e.g. hidden = [2048, 2048, 2048])
     [method]  name, plus the method's options (e.g. stochastic = true for bc)
     [train]   epochs, batch_size, optimizer, lr, ... (see TrainConfig)
@@ -42,11 +42,17 @@ class DataConfig:
     """Which dataset, and where it lives.
 
     Attributes:
-        name: mnist, fashion-mnist, cifar10 or npz.
+        name: mnist, fashion-mnist, cifar10, npz, linux-kernel or text (character-level).
         root: data folder (default: ONEBIT_DATA, then the usual places).
-        path: the .npz file for ``name = "npz"``.
-        val_size: validation examples held out from the end of the training set.
+        path: the .npz file for ``name = "npz"``, the text file for ``name = "text"``.
+        val_size: validation examples held out from the end of the training set (image and npz
+            data; text splits 80/10/10 by position).
         augment: random crop + flip in training (None: the dataset's default, on for CIFAR).
+        seq_len: characters per sequence, for text.
+        max_train: train on at most this many training examples, evenly spaced over the
+            training split (None: all); a budget knob, stated with the results it produces.
+        max_val: validate on at most this many validation examples, evenly spaced (None: all).
+            The test split is never cut.
     """
 
     name: str = "fashion-mnist"
@@ -54,6 +60,9 @@ class DataConfig:
     path: str | None = None
     val_size: int = 10000
     augment: bool | None = None
+    seq_len: int = 100
+    max_train: int | None = None
+    max_val: int | None = None
 
 
 @dataclass

@@ -49,6 +49,9 @@ def binarize_(
         keep_first: override the method's policy for the first layer (True: stays float).
         keep_last: override the method's policy for the last layer.
 
+    Layers marked ``keep_float`` stay float. A model with ``float_layers_marked = True`` marks
+    every layer that must stay float itself, and the method's first/last policy does not apply.
+
     The activation binarizer goes on every binarized layer except the first layer of the network,
     whose input is the data (BNN keeps the network input real). The binarized layers share the
     float layers' parameters, so call this before building the optimizer.
@@ -56,8 +59,11 @@ def binarize_(
     quantizer = method.weight_quantizer()
     if quantizer is None:
         return model
-    kf = method.keep_first if keep_first is None else keep_first
-    kl = method.keep_last if keep_last is None else keep_last
+    # A model that marks all its float layers itself (keep_float; the character LSTM, whose first
+    # binarizable layer is one of its gate matrices) opts out of the method's first/last policy.
+    marked = getattr(model, "float_layers_marked", False)
+    kf = (method.keep_first and not marked) if keep_first is None else keep_first
+    kl = (method.keep_last and not marked) if keep_last is None else keep_last
     layers = binarizable_layers(model)
     for i, (name, m) in enumerate(layers):
         if isinstance(m, BinaryLinear | BinaryConv2d):  # re-binarizing: start from the float layer
@@ -111,6 +117,9 @@ def _macs(m: nn.Module, out: Tensor) -> int:
 def summary(model: nn.Module, example: Tensor) -> list[LayerSummary]:
     """One row per module that owns parameters, measured with one forward pass of ``example``.
 
+    Modules marked ``training_only`` (training state such as BiTAT's transform) are left out:
+    the summary describes the deployed model.
+
     Args:
         model: the (possibly binarized) model.
         example: an input batch; only its first example is used.
@@ -136,7 +145,7 @@ def summary(model: nn.Module, example: Tensor) -> list[LayerSummary]:
     rows = []
     for name, m in model.named_modules():
         own = list(m.parameters(recurse=False))
-        if not own:
+        if not own or getattr(m, "training_only", False):  # e.g. BiTAT's transform: not deployed
             continue
         n_all = sum(p.numel() for p in own)
         binary = isinstance(m, BinaryLinear | BinaryConv2d) and m.binary

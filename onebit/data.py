@@ -2,9 +2,12 @@
 
 Supported datasets are MNIST and Fashion-MNIST (IDX files, gzipped or not), CIFAR-10 (the canonical
 binary release, or a class-folder JPEG/PNG copy that is decoded once and cached) and any ``.npz``
-file holding ``x`` and ``y`` arrays. Everything is held in memory as tensors (images as ``uint8``)
-and turned into normalized ``float32`` batches by :func:`batches`, which also does CIFAR-style
-augmentation and cuts global batches into per-rank shards for data-parallel training.
+file holding ``x`` and ``y`` arrays, and character-level text (the ``linux-kernel`` corpus, or any
+text file as ``text``) cut into sequences of token ids for language models. Everything is held in
+memory as tensors (images as ``uint8``, text as ``int64`` token ids) and turned into batches by
+:func:`batches` (images and float data normalized to ``float32``, token ids left as they are),
+which also does CIFAR-style augmentation and cuts global batches into per-rank shards for
+data-parallel training.
 
 Nothing is ever downloaded implicitly: :func:`download` fetches the canonical files when asked.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import logging
 import os
 import shutil
@@ -36,7 +40,10 @@ logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
 
-DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "npz")
+DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "npz", "linux-kernel", "text")
+
+TEXT_DATASETS: tuple[str, ...] = ("linux-kernel", "text")
+"""Character-level text: inputs are ``(N, T)`` token ids, targets the same shifted by one."""
 
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "mnist": tuple(str(i) for i in range(10)),
@@ -78,6 +85,7 @@ _FOLDERS: dict[str, tuple[str, ...]] = {
     "mnist": ("mnist",),
     "fashion-mnist": ("fashion-mnist",),
     "cifar10": ("cifar-10-batches-bin", "cifar10-jpeg"),
+    "linux-kernel": ("linux-kernel",),
 }
 
 # System-wide folders searched last (Debian's dataset-* packages install under the first).
@@ -100,6 +108,9 @@ _CACHE_VERSION = "onebit-image-folder-v2"
 
 _NPZ_TEST_FRACTION = 10  # hold out the last 1/10 as test when an npz has no test arrays
 
+_TEXT_FILES = ("input.txt.gz", "input.txt")  # a text corpus folder holds one of these
+_TEXT_CUTS = (0.8, 0.9)  # train / validation / test = 80 / 10 / 10 % of the text, by position
+
 
 # --------------------------------------------------------------------------------------------------
 # Containers
@@ -111,9 +122,9 @@ class Split:
     """One split of a dataset, held in memory.
 
     Attributes:
-        x: Inputs, ``(N, C, H, W)`` uint8 for images, or float32 (``(N, C, H, W)`` or ``(N, F)``)
-            for generic float data.
-        y: Integer class labels, ``(N,)`` int64.
+        x: Inputs, ``(N, C, H, W)`` uint8 for images, float32 (``(N, C, H, W)`` or ``(N, F)``)
+            for generic float data, or int64 token ids ``(N, T)`` for text.
+        y: Integer class labels, ``(N,)`` int64; for text the next-token targets ``(N, T)``.
     """
 
     x: torch.Tensor
@@ -206,6 +217,8 @@ def _is_dataset_dir(name: str, folder: Path) -> bool:
         return _idx_present(folder, _IDX_FILES["train_images"])
     if name == "cifar10":
         return _is_cifar_binary_dir(folder) or _is_image_folder(folder)
+    if name == "linux-kernel":
+        return any((folder / f).is_file() for f in _TEXT_FILES)
     return False
 
 
@@ -240,9 +253,9 @@ def find_root(name: str, root: PathLike | None = None) -> Path:
         OnebitError: When the name is unknown or the data is nowhere to be found.
     """
     _check_name(name)
-    if name == "npz":
+    if name in ("npz", "text"):
         raise OnebitError(
-            "The npz dataset has no standard location; pass the path of the .npz file."
+            f"The {name} dataset has no standard location; pass the path of the file."
         )
     looked: list[str] = []
     for base in search_paths(root):
@@ -256,6 +269,11 @@ def find_root(name: str, root: PathLike | None = None) -> Path:
     fix = f"run `onebit data download {name}`"
     if name == "fashion-mnist":
         fix += " or `apt-get install dataset-fashion-mnist`"
+    if name == "linux-kernel":
+        fix = (
+            f"put the corpus there as linux-kernel/{_TEXT_FILES[0]} (the kernel/ and mm/ C "
+            "sources of a Linux tree, concatenated)"
+        )
     raise OnebitError(
         f"Dataset {name!r} was not found in any of {', '.join(looked)}; pass --data-root or set "
         f"ONEBIT_DATA to the folder that holds it, or {fix}."
@@ -509,6 +527,110 @@ def load_image_folder(
 
 
 # --------------------------------------------------------------------------------------------------
+# Character-level text
+# --------------------------------------------------------------------------------------------------
+
+
+def read_text(path: PathLike) -> str:
+    """Read a UTF-8 text file, gunzipping it when its name ends in ``.gz``.
+
+    Raises:
+        OnebitError: When the file is missing, unreadable or not UTF-8.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise OnebitError(f"{p} is not a file; pass the path of an existing text file.")
+    try:
+        if p.suffix == ".gz":
+            with gzip.open(p, "rb") as fh:
+                return fh.read().decode("utf-8")
+        return p.read_bytes().decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise OnebitError(f"Could not read {p} as UTF-8 text ({exc}); pass a text file.") from exc
+
+
+def char_dataset(text: str, seq_len: int = 100, *, name: str = "text", source: str = "") -> Dataset:
+    """Cut a text into a character-level language-modelling dataset.
+
+    The vocabulary is the sorted set of the text's characters (token id = rank, kept in
+    ``Dataset.classes``). The text is split by position into train / validation / test = the first
+    80 %, the next 10 % and the last 10 % (LAB's split), and each part into consecutive,
+    non-overlapping sequences: with ``t`` the part's token ids, example ``k`` is
+    ``x_k = t[kT : kT + T]`` and its targets ``y_k = t[kT + 1 : kT + T + 1]`` (the next
+    character at every position; ``T = seq_len``). A part's last ``< T + 1`` characters are
+    dropped. Every sequence is an independent example (a model starts it from a zero state).
+
+    Args:
+        text: The corpus.
+        seq_len: ``T``, the sequence length.
+        name: The dataset's name.
+        source: Where the text came from, for records and logs.
+
+    Returns:
+        The dataset: ``x`` and ``y`` int64 ``(N, T)``, ``num_classes`` the vocabulary size,
+        ``input_shape = (T,)`` (``mean``/``std`` are 0/1 and unused: token ids are not normalized).
+
+    Raises:
+        OnebitError: When ``seq_len < 1`` or a split would hold no sequence.
+    """
+    if seq_len < 1:
+        raise OnebitError(f"seq_len is {seq_len}; pass a positive sequence length.")
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    vocab, ids_np = np.unique(codes, return_inverse=True)
+    ids = torch.from_numpy(ids_np.astype(np.int64).reshape(-1))
+    n = len(ids)
+    cuts = [0, *(int(n * c) for c in _TEXT_CUTS), n]
+    splits = []
+    for lo, hi in itertools.pairwise(cuts):
+        count = (hi - lo - 1) // seq_len
+        if count < 1:
+            raise OnebitError(
+                f"{source or 'The text'} holds {n} characters, too few for 80/10/10 splits of "
+                f"sequences of {seq_len}; use a longer text or a shorter seq_len."
+            )
+        part = ids[lo:hi]
+        x = part[: count * seq_len].view(count, seq_len)  # views: x and y share the text
+        y = part[1 : count * seq_len + 1].view(count, seq_len)
+        splits.append(Split(x, y))
+    train, val, test = splits
+    return Dataset(
+        name=name,
+        train=train,
+        val=val,
+        test=test,
+        num_classes=len(vocab),
+        input_shape=(seq_len,),
+        mean=(0.0,),
+        std=(1.0,),
+        classes=tuple(chr(c) for c in vocab),
+        source=source,
+    )
+
+
+def subsample(data: Dataset, max_train: int | None = None, max_val: int | None = None) -> Dataset:
+    """Keep at most ``max_train`` training and ``max_val`` validation examples (None: all).
+
+    The kept examples are evenly spaced over the split (indices ``floor(k n / m)``, ``k < m``), so a
+    subset of a text spans all of it rather than its beginning. The test split is never cut.
+
+    Raises:
+        OnebitError: When a limit is below 1.
+    """
+
+    def cut(split: Split, m: int | None, what: str) -> Split:
+        if m is None or m >= len(split):
+            return split
+        if m < 1:
+            raise OnebitError(f"data.{what} is {m}; pass a positive number of examples or none.")
+        idx = torch.arange(m) * len(split) // m
+        return Split(split.x[idx], split.y[idx])
+
+    data.train = cut(data.train, max_train, "max_train")
+    data.val = cut(data.val, max_val, "max_val")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
 # Dataset assembly
 # --------------------------------------------------------------------------------------------------
 
@@ -637,6 +759,7 @@ def load_dataset(
     path: PathLike | None = None,
     cache_dir: PathLike | None = None,
     progress: bool = False,
+    seq_len: int = 100,
 ) -> Dataset:
     """Load a dataset into memory with train, validation and test splits.
 
@@ -653,6 +776,9 @@ def load_dataset(
             ``y_test`` (without them the last 10% is held out as test before the validation split).
         cache_dir: Cache folder for decoded images (class-folder CIFAR-10 copies).
         progress: Show a progress bar while decoding images.
+        seq_len: For text (``"linux-kernel"``, ``"text"`` with ``path`` the text file, ``.gz``
+            or plain): the sequence length; text splits 80/10/10 by position (see
+            :func:`char_dataset`) and ignores ``val_size``.
 
     Returns:
         The dataset.
@@ -661,6 +787,28 @@ def load_dataset(
         OnebitError: On an unknown name, missing or malformed files, or a bad ``val_size``.
     """
     _check_name(name)
+    if name in TEXT_DATASETS:
+        if name == "text":
+            src = path if path is not None else root
+            if src is None:
+                raise OnebitError("The text dataset needs a file; pass the path of the text file.")
+            file = Path(src).expanduser()
+        else:
+            folder = find_root(name, root)
+            file = next(folder / f for f in _TEXT_FILES if (folder / f).is_file())
+        data = char_dataset(read_text(file), seq_len, name=name, source=f"text file {file}")
+        logger.info(
+            "loaded %s from %s: %d characters, vocabulary %d; %d/%d/%d sequences of %d",
+            name,
+            data.source,
+            (len(data.train) + len(data.val) + len(data.test)) * seq_len,
+            data.num_classes,
+            len(data.train),
+            len(data.val),
+            len(data.test),
+            seq_len,
+        )
+        return data
     classes: tuple[str, ...] = CLASS_NAMES.get(name, ())
     augment = False
     if name == "npz":
@@ -795,7 +943,8 @@ def batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Iterate over a split in normalized float32 batches.
 
-    Inputs become ``((x / 255 if uint8 else x) - mean) / std`` per channel. For data-parallel
+    Inputs become ``((x / 255 if uint8 else x) - mean) / std`` per channel; integer inputs other
+    than uint8 are token ids and come out unchanged (int64; ``mean``/``std`` unused). For data-parallel
     training every global batch of ``batch_size`` examples is cut into ``world_size`` contiguous
     shards and this rank gets shard ``rank``; all ranks must pass generators seeded alike so they
     agree on the order (and the augmentation, which is drawn for the whole global batch). A last
@@ -815,7 +964,7 @@ def batches(
         channels_last: Return 4-D inputs in channels-last memory format.
 
     Yields:
-        ``(x, y)`` with ``x`` float32 and ``y`` int64.
+        ``(x, y)`` with ``x`` float32 (int64 for token ids) and ``y`` int64.
 
     Raises:
         OnebitError: On a bad batch size, rank or world size, or mean/std of the wrong length.
@@ -837,7 +986,8 @@ def batches(
             "on every rank."
         )
     x_all, y_all = split.x, split.y
-    channels = x_all.shape[1] if x_all.dim() > 1 else 1
+    tokens = not x_all.dtype.is_floating_point and x_all.dtype != torch.uint8  # text: token ids
+    channels = x_all.shape[1] if x_all.dim() > 1 and not tokens else 1
     shape = [1, -1] + [1] * max(0, x_all.dim() - 2)
     mean_t = torch.as_tensor(tuple(mean), dtype=torch.float32)
     std_t = torch.as_tensor(tuple(std), dtype=torch.float32)
@@ -869,7 +1019,8 @@ def batches(
         if params is not None:
             dy, dx, flip = (p[lo:hi] for p in params)
             x = _apply_crop_flip(x, 4, dy, dx, flip)
-        x = x.to(torch.float32).sub_(mean_t).div_(std_t)
+        if not tokens:
+            x = x.to(torch.float32).sub_(mean_t).div_(std_t)
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         yield x, y_all[shard]
@@ -1029,8 +1180,14 @@ def download(name: str, root: PathLike | None = None, *, progress: bool = False)
         OnebitError: On an unknown name, a network failure or a checksum mismatch.
     """
     _check_name(name)
-    if name == "npz":
-        raise OnebitError("The npz dataset is your own file and cannot be downloaded.")
+    if name in ("npz", "text"):
+        raise OnebitError(f"The {name} dataset is your own file and cannot be downloaded.")
+    if name == "linux-kernel":
+        raise OnebitError(
+            "The linux-kernel corpus has no download address: concatenate the kernel/ and mm/ C "
+            "sources of a Linux source tree (files sorted by path, non-ASCII bytes as '?') into "
+            f"<data root>/linux-kernel/{_TEXT_FILES[0]}."
+        )
     base = Path(root).expanduser() if root is not None else user_cache_dir() / "data"
     base.mkdir(parents=True, exist_ok=True)
     if name == "cifar10":

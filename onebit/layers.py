@@ -50,6 +50,7 @@ class BinaryLayer:
     scale_rule: str
     act: Callable[[Tensor], Tensor] | None
     binary: bool
+    _modules: dict[str, Any]
 
     def _init_binary(
         self,
@@ -73,12 +74,18 @@ class BinaryLayer:
         return scale(self.weight, self.scale_rule)
 
     def forward_weight(self, hard: bool | None = None) -> Tensor:
-        """The weight the forward pass uses: ``alpha * q(w)`` (training) or ``alpha * sign(w)``."""
-        w = self.weight
-        if not self.binary:
-            return w
+        """The weight the forward pass uses: ``alpha * q(w)`` (training) or ``alpha * sign(w)``.
+
+        A layer may carry a ``reparam`` child module (BiTAT's transform): in training its output
+        is the latent weight (so gradients reach its parameters); the method keeps ``weight``
+        equal to it after every step, so evaluation and deployment read ``weight`` as usual.
+        """
         if hard is None:
             hard = not self.training and not self.__dict__.get("_relaxed", False)
+        reparam = self._modules.get("reparam")
+        w = reparam() if reparam is not None and self.training and not hard else self.weight
+        if not self.binary:
+            return w
         wb = self.quantizer.hard(w) if hard else self.quantizer(w, self._buffer_for(w))
         if self.scale_rule == "none":  # skip a useless multiply on the hot path
             return wb
@@ -99,10 +106,14 @@ class BinaryLayer:
         return buf
 
     def forward_input(self, x: Tensor) -> Tensor:
-        """Binarize the input activations when the layer has an activation binarizer."""
-        if self.act is None or not self.binary:
-            return x
-        return self.act(x)
+        """Binarize the input activations when the layer has an activation binarizer (and let a
+        ``reparam`` child observe the input the weight sees, in training)."""
+        if self.act is not None and self.binary:
+            x = self.act(x)
+        reparam = self._modules.get("reparam")
+        if reparam is not None and self.training:
+            reparam.observe(self, x)
+        return x
 
     def binary_extra_repr(self) -> str:
         """Extra text for ``repr``."""

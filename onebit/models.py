@@ -2,6 +2,8 @@
 
 Every builder takes ``in_shape`` (C, H, W) and ``num_classes`` plus its own keyword options, and
 returns a plain torch model (float layers); ``onebit.binarize_`` turns chosen layers binary.
+The character LSTM ``lstm_lm`` (defined in ``onebit.recurrent``) takes ``in_shape = (T,)`` and
+the vocabulary size as ``num_classes``.
 ``act`` selects the hidden nonlinearity: ``relu`` for float or weight-only nets; ``hardtanh`` for
 nets whose activations a method binarizes (``sign(relu(x))`` would be constantly +1).
 """
@@ -18,11 +20,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from onebit.errors import OnebitError
+from onebit.recurrent import lstm_lm
 
 __all__ = [
     "MODELS",
     "build",
+    "lstm_lm",
     "mlp",
+    "mobilenet_small",
     "model_options",
     "resnet18",
     "resnet20",
@@ -318,6 +323,90 @@ def vit(
     return ViT(in_shape, num_classes, dim, depth, heads, mlp_ratio, patch, act)
 
 
+class DepthwiseSeparable(nn.Module):
+    """MobileNet block: depthwise 3x3 conv-BN(-shortcut)-act, pointwise 1x1 conv-BN(-shortcut)-act.
+
+    With ``residual``, an identity shortcut is added before each activation where the shapes match
+    (the depthwise conv at stride 1, the pointwise conv when ``cin == cout``), as binary compact
+    nets do (Bi-Real Net, ReActNet): a binary activation otherwise loses the block's input.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int, act: str, residual: bool) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False)
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.act1 = _act(act)
+        self.pw = nn.Conv2d(cin, cout, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.act2 = _act(act)
+        self.res_dw = residual and stride == 1
+        self.res_pw = residual and cin == cout
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.bn1(self.dw(x))
+        if self.res_dw:
+            y = y + x
+        y = self.act1(y)
+        z = self.bn2(self.pw(y))
+        if self.res_pw:
+            z = z + y
+        return self.act2(z)
+
+
+class MobileNet(nn.Module):
+    """A compact MobileNet-style net for 32x32 inputs: 3x3 stem, depthwise-separable blocks,
+    global average pooling, linear classifier (optionally BatchNorm after the logits)."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        num_classes: int,
+        stem: int,
+        channels: Sequence[int],
+        strides: Sequence[int],
+        act: str,
+        residual: bool,
+        bn_logits: bool,
+    ) -> None:
+        super().__init__()
+        if len(channels) != len(strides):
+            raise OnebitError(
+                f"mobilenet_small needs one stride per block: {len(channels)} channels, "
+                f"{len(strides)} strides."
+            )
+        self.conv1 = nn.Conv2d(in_shape[0], stem, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        self.act1 = _act(act)
+        blocks, cin = [], stem
+        for cout, stride in zip(channels, strides, strict=True):
+            blocks.append(DepthwiseSeparable(cin, cout, stride, act, residual))
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes, bias=not bn_logits)
+        self.bn_out = nn.BatchNorm1d(num_classes) if bn_logits else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.blocks(self.act1(self.bn1(self.conv1(x))))
+        return self.bn_out(self.fc(torch.flatten(self.pool(x), 1)))
+
+
+def mobilenet_small(
+    in_shape: Sequence[int] = (3, 32, 32),
+    num_classes: int = 10,
+    stem: int = 32,
+    channels: Sequence[int] = (32, 64, 64, 128, 128),
+    strides: Sequence[int] = (2, 1, 2, 1, 1),
+    act: str = "relu",
+    residual: bool = True,
+    bn_logits: bool = False,
+) -> MobileNet:
+    """MobileNet-style net for 32x32 inputs, small enough for CPU training (38 k parameters,
+    3.8 M MACs by default): a 3x3 stem conv of ``stem`` channels, then one depthwise-separable
+    block per entry of ``channels`` (with its stride), global average pooling and a linear layer."""
+    return MobileNet(in_shape, num_classes, stem, channels, strides, act, residual, bn_logits)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "small_cnn": small_cnn,
@@ -325,6 +414,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20,
     "resnet18": resnet18,
     "vit": vit,
+    "mobilenet_small": mobilenet_small,
+    "lstm_lm": lstm_lm,
 }
 
 

@@ -103,12 +103,10 @@ class _Packer:
         """A Linear/Conv (binary or float), with the BatchNorm that follows folded in."""
         name = node.name
         is_conv = isinstance(m, nn.Conv2d)
-        if is_conv and (m.groups != 1 or _pair(m.dilation) != [1, 1] or m.padding_mode != "zeros"):
-            raise OnebitError(
-                f"cannot pack {node.target}: grouped, dilated or non-zero-padded conv."
-            )
+        if is_conv and (_pair(m.dilation) != [1, 1] or m.padding_mode != "zeros"):
+            raise OnebitError(f"cannot pack {node.target}: dilated or non-zero-padded conv.")
         w = m.weight.detach().float()
-        if is_conv:  # torch (Cout, Cin, kh, kw) -> (Cout, kh, kw, Cin): the NHWC im2col order
+        if is_conv:  # torch (Cout, Cin/g, kh, kw) -> (Cout, kh, kw, Cin/g): NHWC im2col order
             w = w.permute(0, 2, 3, 1)
         w2 = w.reshape(w.shape[0], -1)
         bias = m.bias.detach().float() if m.bias is not None else torch.zeros(w.shape[0])
@@ -124,6 +122,8 @@ class _Packer:
                 "in_channels": m.in_channels,
                 "out_channels": m.out_channels,
             }
+            if m.groups != 1:  # grouped/depthwise: rows of kh*kw*Cin/g, group-major outputs
+                attrs["groups"] = m.groups
         else:
             attrs = {"in_features": m.in_features, "out_features": m.out_features}
         binary = is_binary_layer(m) and m.binary
@@ -257,8 +257,12 @@ def fuse_thresholds(ops: list[Op], tensors: dict[str, np.ndarray]) -> None:
         for i in op.inputs:
             consumers.setdefault(i, []).append(op)
 
-    def xnor(op: Op) -> bool:
-        return op.op in ("linear", "conv") and op.attrs.get("mode") == "binary"
+    def xnor(op: Op) -> bool:  # grouped convs run on float (±1) values, not on packed bits
+        return (
+            op.op in ("linear", "conv")
+            and op.attrs.get("mode") == "binary"
+            and op.attrs.get("groups", 1) == 1
+        )
 
     removed: set[str] = set()
     for op in ops:

@@ -233,10 +233,13 @@ def plot_sensitivity(
     fig = _figure(max(6.0, 0.6 * len(layers) * len(sensitivity) + 2), 4.5)
     ax = fig.add_subplot()
     palette = _colors(list(sensitivity), colors)
+    lows, highs = [], []
     for i, (method, pairs) in enumerate(sensitivity.items()):
         by_layer = dict(pairs)
         idx = [j for j, n in enumerate(layers) if n in by_layer]
         accs = [np.asarray(by_layer[layers[j]], dtype=float) for j in idx]
+        lows += [a.min() for a in accs]
+        highs += [a.max() for a in accs]
         mean = np.array([a.mean() for a in accs])
         err = np.array([[m - a.min() for a, m in zip(accs, mean, strict=True)],
                         [a.max() - m for a, m in zip(accs, mean, strict=True)]])  # fmt: skip
@@ -248,6 +251,10 @@ def plot_sensitivity(
             color=palette[method],
             label=method,
         )
+    # accuracies of probes differ by little: zoom on their range (the axis says where it starts)
+    lo, hi = min(lows), max(highs)
+    pad = max(0.25 * (hi - lo), 0.002)
+    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad) if hi <= 1 else hi + pad)
     ax.set_xticks(x, layers, rotation=30, ha="right", fontsize="small")
     ax.set_ylabel("validation accuracy")
     ax.set_title("per-layer sensitivity")

@@ -78,6 +78,7 @@ HEADERS = {
     "relaxed": "relaxed model acc % (last)",
     "off_pm1": "weights off ±1 (last)",
     "paper": "paper",
+    "bpc": "test bits/char (best val)",
 }
 
 # columns shown only when some method reports them (GWT, ProxQuant and the ProxConnect family)
@@ -266,9 +267,13 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _optional_means(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean ± std of the relaxed model's accuracy and of the fraction of weights off ±1, where
-    every seed reports them (None otherwise)."""
+    """Mean ± std of the relaxed model's accuracy, of the fraction of weights off ±1 and of a
+    language model's test bits per character, where every seed reports them (None otherwise)."""
     out: dict[str, Any] = {"relaxed_mean": None, "relaxed_std": None, "off_pm1_mean": None}
+    out["bpc_mean"] = out["bpc_std"] = None
+    if all(r.get("test_bpc_best_val") is not None for r in rs):
+        m, sd = mean_std([r["test_bpc_best_val"] for r in rs])
+        out["bpc_mean"], out["bpc_std"] = _r(m), _r(sd)
     if all(r.get("relaxed_test_acc") is not None for r in rs):
         m, sd = mean_std([100 * r["relaxed_test_acc"] for r in rs])
         out["relaxed_mean"], out["relaxed_std"] = _r(m), _r(sd)
@@ -315,6 +320,11 @@ def format_table(summary: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
                 "off_pm1": "—"
                 if r.get("off_pm1_mean") is None
                 else f"{100 * r['off_pm1_mean']:.2f}%",
+                "bpc": "—"
+                if r.get("bpc_mean") is None
+                else f"{r['bpc_mean']:.3f} ± {r['bpc_std']:.3f}"
+                if n > 1
+                else f"{r['bpc_mean']:.3f}",
             }
         )
     return out
@@ -325,6 +335,8 @@ def table_columns(summary: Sequence[dict[str, Any]]) -> list[str]:
     the optional columns some row reports."""
     has_fp = any(r["method"] == "fp" for r in summary)
     cols = [c for c in COMPARE_COLUMNS if c != "gap" or has_fp]
+    if any(r.get("bpc_mean") is not None for r in summary):  # language models lead with bits/char
+        cols.insert(cols.index("test_best_val"), "bpc")
     return cols + [
         c for c in OPTIONAL_COLUMNS if any(r.get(f"{c}_mean") is not None for r in summary)
     ]
@@ -352,6 +364,16 @@ def results_markdown(doc: dict[str, Any], plots: Sequence[str] = ()) -> str:
         f"over {seeds_text} seed(s), at the epoch of best validation accuracy and at the last "
         "epoch; the gap is to the full-precision twin (`fp`), in points; wall time is per run.",
         "",
+        *(
+            [
+                "Language models: test cross-entropy in bits per character (nats / ln 2, lower is "
+                "better) at the epoch of lowest validation bits per character; accuracy is per "
+                "character (next-character prediction).",
+                "",
+            ]
+            if any(r.get("bpc_mean") is not None for r in table)
+            else []
+        ),
         markdown_table(format_table(table), table_columns(table)),
         "",
     ]

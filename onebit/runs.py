@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import platform
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from torch import nn
 
 from onebit.config import Config, build_method
 from onebit.convert import binarize_, summary
-from onebit.data import Dataset, load_dataset
+from onebit.data import Dataset, load_dataset, subsample
 from onebit.errors import OnebitError
 from onebit.methods import Method
 from onebit.models import build, model_options
@@ -56,17 +57,18 @@ class RunResult:
 
 
 def load_data(cfg: Config, progress: bool = False) -> Dataset:
-    """The dataset a config names (augmentation override applied)."""
+    """The dataset a config names (augmentation override and train/validation limits applied)."""
     data = load_dataset(
         cfg.data.name,
         cfg.data.root,
         val_size=cfg.data.val_size,
         path=cfg.data.path,
         progress=progress,
+        seq_len=cfg.data.seq_len,
     )
     if cfg.data.augment is not None:
         data.augment = cfg.data.augment
-    return data
+    return subsample(data, cfg.data.max_train, cfg.data.max_val)
 
 
 def build_model(
@@ -176,6 +178,10 @@ def run(
                 )
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         (out / "env.json").write_text(json.dumps(environment(), indent=2) + "\n")
+        for name, src in method.run_files().items():  # e.g. the sensitivity ranking it follows
+            if not Path(src).is_file():
+                raise OnebitError(f"{src} does not exist; method {cfg.method.name!r} reads it.")
+            shutil.copyfile(src, out / name)
     history = train(
         model,
         method,

@@ -138,8 +138,40 @@ def _tap_bits(m: PackedModel, op: Op) -> Array:
     return m.cache[key]
 
 
+def _grouped_conv(m: PackedModel, op: Op, x: Array) -> Array:
+    """A grouped (e.g. depthwise) conv: per group, its ``kh * kw * Cin/g`` patches times its
+    ``Cout/g`` weight rows. Binary layers use their ±1 weights as floats (and ``sign(x)`` as a
+    ±1 input in ``binary`` mode), so the integer accumulators are exact; then ``alpha, beta``."""
+    t, a = m.tensors, op.attrs
+    kh, kw = a["kernel_size"]
+    (sh, sw), (ph, pw) = a["stride"], a["padding"]
+    g, cin, cout = a["groups"], a["in_channels"], a["out_channels"]
+    cg, og = cin // g, cout // g
+    mode = a["mode"]
+    if mode == "binary":
+        x = np.where(x >= 0, np.float32(1), np.float32(-1))
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
+    n, ho, wo = win.shape[:3]
+    # (N, Ho, Wo, C, kh, kw) -> (N, Ho, Wo, g, kh, kw, C/g) -> (N*Ho*Wo, g, kh*kw*C/g)
+    cols = win.reshape(n, ho, wo, g, cg, kh, kw).transpose(0, 1, 2, 3, 5, 6, 4)
+    cols = np.ascontiguousarray(cols, dtype=np.float32).reshape(n * ho * wo, g, -1)
+    k = kh * kw * cg
+    wt = t[op.tensors["weight"]] if mode == "float" else _unpacked(m, op, k)
+    y = np.einsum("mgk,gok->mgo", cols, wt.reshape(g, og, k), optimize=True).reshape(-1, cout)
+    if mode == "float":
+        if "bias" in op.tensors:
+            y += t[op.tensors["bias"]]
+    else:
+        y = y * t[op.tensors["alpha"]] + t[op.tensors["beta"]]
+    return y.astype(np.float32, copy=False).reshape(n, ho, wo, cout)
+
+
 def _conv(m: PackedModel, op: Op, x: Array) -> Array:
     t, a = m.tensors, op.attrs
+    if a.get("groups", 1) != 1:
+        return _grouped_conv(m, op, x)
     kh, kw = a["kernel_size"]
     stride, pad = tuple(a["stride"]), tuple(a["padding"])
     n, h, w, _ = x.shape

@@ -32,6 +32,7 @@ from onebit.data import Dataset, Split, batches, num_batches
 from onebit.errors import OnebitError
 from onebit.layers import is_binary_layer, relaxed
 from onebit.methods import Method
+from onebit.schedules import is_partial
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -58,8 +59,16 @@ class History:
 
     @property
     def best(self) -> dict[str, Any]:
-        """The epoch with the highest validation accuracy (the earliest on ties)."""
-        return max(self.epochs, key=lambda r: (r["val_acc"], -r["epoch"]))
+        """The epoch with the highest validation accuracy (the earliest on ties); for sequence
+        models (epochs logging ``val_bpc``), the one with the lowest validation bits per character.
+
+        Epochs marked ``partial`` (a layer-by-layer schedule had left some binarizable layer
+        float) are not candidates while another epoch is: the reported model is the binary one.
+        """
+        eligible = [r for r in self.epochs if not r.get("partial")] or self.epochs
+        if all("val_bpc" in r for r in eligible):  # language models: the lowest validation loss
+            return min(eligible, key=lambda r: (r["val_bpc"], r["epoch"]))
+        return max(eligible, key=lambda r: (r["val_acc"], -r["epoch"]))
 
     @property
     def last(self) -> dict[str, Any]:
@@ -76,6 +85,10 @@ class History:
             "epochs": len(self.epochs),
             "seconds": sum(r["seconds"] for r in self.epochs),
         }
+        if "test_bpc" in self.last:  # language models: test cross-entropy in bits per character
+            out["val_bpc_best"] = self.best["val_bpc"]
+            out["test_bpc_best_val"] = self.best["test_bpc"]
+            out["test_bpc_last"] = self.last["test_bpc"]
         # method-specific numbers of the last epoch (relaxed accuracy, fraction off ±1, ...)
         for key in ("relaxed_test_acc", "off_binary"):
             if key in self.last:
@@ -250,9 +263,9 @@ def evaluate(
             split, batch_size, mean=data.mean, std=data.std, channels_last=channels_last
         ):
             out = model(x)
-            total += loss_fn(out, y).item() * len(y)
+            total += loss_fn(out, y).item() * y.numel()  # per token for sequence targets
             correct += (out.argmax(1) == y).sum().item()
-            n += len(y)
+            n += y.numel()
     finally:
         model.train(was_training)
     return total / n, correct / n
@@ -400,7 +413,7 @@ def train(
         seen = 0
         for x, y in bar:
             logits = net(x)
-            loss = loss_fn(logits, y)
+            loss = method.training_loss(model, x, logits, y, loss_fn(logits, y))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
@@ -408,9 +421,9 @@ def train(
             opt.step()
             method.after_step(model, lr=lr)
             # accumulate without .item() so the loop never waits on a sync
-            tot_loss += loss.detach() * len(y)
+            tot_loss += loss.detach() * y.numel()  # y.numel(): tokens, for sequence targets
             tot_correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(y)
+            seen += y.numel()
         train_seconds = time.perf_counter() - t0
         ev = dict(batch_size=cfg.eval_batch_size, loss=cfg.loss, channels_last=channels_last)
         val_loss, val_acc = evaluate(model, data.val, data, **ev)
@@ -418,6 +431,8 @@ def train(
         if math.isnan(val_acc):  # no validation split: select on test, and say so in the record
             val_loss, val_acc = test_loss, test_acc
         extra: dict[str, Any] = dict(method.metrics(model))
+        if cfg.loss == "ce" and data.train.y.dim() > 1:  # sequences: cross-entropy in bits/token
+            extra.update(val_bpc=val_loss / math.log(2), test_bpc=test_loss / math.log(2))
         if method.relaxed_eval:  # the relaxed model (training forward weights), beside the hard one
             with relaxed(model):
                 extra["relaxed_test_acc"] = evaluate(model, data.test, data, **ev)[1]
@@ -432,6 +447,7 @@ def train(
             "test_acc": test_acc,
             "train_seconds": train_seconds,
             "seconds": time.perf_counter() - t0,
+            **({"partial": True} if is_partial(model.modules()) else {}),
             **extra,
             **diagnostics(model, signs_before),
         }

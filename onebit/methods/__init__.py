@@ -5,10 +5,19 @@ from __future__ import annotations
 from onebit.errors import OnebitError
 from onebit.methods.base import Method, clip_latent_
 from onebit.methods.bc import BinaryConnect
+from onebit.methods.bitat import BiTAT, BiTATProgressive, XNORFromFP
 from onebit.methods.bnn import BNN
 from onebit.methods.bwn import BWN
 from onebit.methods.fp import FullPrecision
 from onebit.methods.gwt import GWT
+from onebit.methods.iterative import (
+    IterativeAll,
+    IterativeBinarization,
+    IterativeRandom,
+    IterativeReverse,
+    IterativeSensitivityAscending,
+    IterativeSensitivityDescending,
+)
 from onebit.methods.lab import LAB, LAB2, LABOptimizer
 from onebit.methods.proxconnect import BNNPlus, BNNPlusPlus, ProxConnect
 from onebit.methods.proxquant import ProxQuant
@@ -23,12 +32,21 @@ __all__ = [
     "METHODS",
     "BNNPlus",
     "BNNPlusPlus",
+    "BiTAT",
+    "BiTATProgressive",
     "BinaryConnect",
     "FullPrecision",
+    "IterativeAll",
+    "IterativeBinarization",
+    "IterativeRandom",
+    "IterativeReverse",
+    "IterativeSensitivityAscending",
+    "IterativeSensitivityDescending",
     "LABOptimizer",
     "Method",
     "ProxConnect",
     "ProxQuant",
+    "XNORFromFP",
     "XNORNet",
     "clip_latent_",
     "method_class",
@@ -49,6 +67,15 @@ METHODS: dict[str, type[Method]] = {
         LAB,
         LAB2,
         GWT,
+        IterativeAll,
+        IterativeBinarization,
+        IterativeReverse,
+        IterativeRandom,
+        IterativeSensitivityAscending,
+        IterativeSensitivityDescending,
+        BiTAT,
+        BiTATProgressive,
+        XNORFromFP,
     )
 }
 

@@ -106,6 +106,18 @@ class Method:
         """Method-specific numbers for the epoch's metrics line (default: none)."""
         return {}
 
+    def training_loss(
+        self, model: nn.Module, x: Tensor, logits: Tensor, y: Tensor, loss: Tensor
+    ) -> Tensor:
+        """The loss a training step minimizes, given the recipe's ``loss`` of ``logits`` and ``y``
+        (default: ``loss`` itself; BiTAT adds a distillation term here)."""
+        return loss
+
+    def run_files(self) -> dict[str, str]:
+        """Files a run folder keeps a copy of, ``name -> source path`` (the output of a
+        pre-training stage the method read, e.g. a sensitivity ranking); default none."""
+        return {}
+
     def to_dict(self) -> dict[str, Any]:
         """``{"name": ..., **options}``: what a config file holds."""
         return {"name": self.name, **dataclasses.asdict(self)}
