@@ -138,6 +138,12 @@ def test_proxquant_grows_lambda_then_freezes_binary():
     for m in layers:
         assert set(m.weight.unique().tolist()) <= {-1.0, 1.0}
         assert not m.weight.requires_grad
+    # by default it freezes at the last epoch, and never in a one-epoch run
+    fresh = build("mlp", (1, 4, 4), 3, hidden=[8])
+    binarize_(fresh, ProxQuant(lam=2.0))
+    ProxQuant(lam=2.0).on_epoch_start(fresh, 0, 1)
+    first = next(m for m in fresh.modules() if is_binary_layer(m))
+    assert first.weight.requires_grad and first.__dict__["_prox_lambda"] == pytest.approx(2.0)
 
 
 def test_lab_scale_closed_form():

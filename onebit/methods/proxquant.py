@@ -35,11 +35,13 @@ class ProxQuant(Method):
     step with rate ``lr``: ``w <- clip(prox_binary(w, lr * lambda_e), -1, 1)`` with
     ``lambda_e = lam * (e + 1) / freeze`` growing linearly with the epoch ``e``. At epoch
     ``freeze`` (default: the last epoch) the binary layers' weights become ``sign(w)`` and are
-    frozen; the remaining epochs train BatchNorm and float layers. Evaluation uses ``sign(w)``.
+    frozen; the remaining epochs train BatchNorm and float layers (a one-epoch run never freezes).
+    Evaluation uses ``sign(w)``.
 
     Attributes:
         lam: regularization strength reached at the epoch before freezing.
-        freeze_epoch: epoch (0-based) at which weights are hard-binarized and frozen (None: last).
+        freeze_epoch: epoch (0-based) at which weights are hard-binarized and frozen (None: the
+            last epoch of a run of two or more).
     """
 
     name = "proxquant"
@@ -61,7 +63,9 @@ class ProxQuant(Method):
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
         """Set this epoch's ``lambda``; at the freeze epoch and after, binarize and freeze."""
-        freeze = epochs - 1 if self.freeze_epoch is None else self.freeze_epoch
+        freeze = self.freeze_epoch
+        if freeze is None:  # the last epoch, when there is more than one
+            freeze = epochs - 1 if epochs > 1 else epochs
         lam = self.lam * min(epoch + 1, freeze) / max(1, freeze)
         frozen = epoch >= freeze
         for m in model.modules():
