@@ -182,10 +182,16 @@ def readme_block(records: str | Path, readme: str | Path) -> str:
         if (d / "plots" / "accuracy.png").is_file():
             plots.append(f"![{d.name}: test accuracy per epoch]({link}/plots/accuracy.png)")
     cols = ["record", "method", "seeds", "test_best_val", "test_last", "gap", "epochs", "size"]
-    cols += [c for c in ("relaxed", "paper") if any(r[c] not in ("", "—") for r in table)]
+    cols += [c for c in ("bpc", "relaxed", "paper") if any(r[c] not in ("", "—") for r in table)]
     lines += [
         "Test accuracy (%) of the hard-binarized model, mean ± std over seeds (best-validation "
-        "epoch and last epoch); gap to the full-precision twin in points.",
+        "epoch and last epoch); gap to the full-precision twin in points."
+        + (
+            " Language models: accuracy per character, and test bits per character in their own "
+            "column."
+            if "bpc" in cols
+            else ""
+        ),
         "",
         markdown_table(table, cols),
         "",
