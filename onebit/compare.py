@@ -54,6 +54,8 @@ import importlib
 import json
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -270,9 +272,24 @@ def _state(job: Job) -> tuple[str, Job]:
 _DATA: dict[str, Any] = {}
 
 
-def _init_worker(threads: int, level: int) -> None:
+def _exit_with_parent(parent: int, interval: float = 2.0) -> None:
+    """Poll the parent's pid; when the parent is gone (killed), end this worker at once.
+
+    A killed ``compare`` would otherwise leave its workers training into run folders that a
+    restarted grid then shares with them.
+    """
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def _init_worker(threads: int, level: int, parent: int | None = None) -> None:
     import torch
 
+    # ``parent`` comes from the parent itself: a parent killed while this worker was still
+    # starting would otherwise leave getppid() pointing at the adopting process
+    parent = os.getppid() if parent is None else parent
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     if threads > 0:
         torch.set_num_threads(threads)
     logging.basicConfig(
@@ -365,7 +382,7 @@ def _execute(
     ctx = get_context("spawn")
     level = logging.getLogger("onebit").getEffectiveLevel()
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(threads, level))  # fmt: skip
+                               initargs=(threads, level, os.getpid()))  # fmt: skip
     running: dict[Future[None], Job] = {}
     try:
         while True:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,3 +209,39 @@ def test_grid_shares_the_layer_policy_but_not_other_options():
     assert other.method.name == "bnn++"
     assert other.method.options == {"keep_first": True, "keep_last": True}
     assert method_config(cfg, "bc").method.options["stochastic"] is True
+
+
+_PARENT = """
+import multiprocessing as mp, os, sys, time
+from onebit.compare import _init_worker
+
+def child(parent):
+    _init_worker(1, 30, parent)
+    time.sleep(600)
+
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(target=child, args=(os.getpid(),))
+    p.start()
+    print(p.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_workers_exit_when_the_compare_process_is_killed(tmp_path):
+    """A killed ``compare`` must not leave workers training into its run folders."""
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(child, 0)  # the worker is alive while its parent is
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    stat = Path(f"/proc/{child}/stat")
+    for _ in range(300):  # the worker polls every 2 s; give it ample time on a loaded machine
+        # gone, or a zombie nobody reaps (the orphan's new parent may not wait for it)
+        if not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in "ZX":
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the worker outlived its killed parent")
