@@ -3,12 +3,12 @@
 This module imports neither torch nor the training code: a packed model loads and runs with
 numpy, safetensors and ``onebit.kernels`` only.
 
-File format (version 1): a safetensors file (no pickle, safe to load from strangers) whose
+File format (version 1; version 2 adds ``groups`` to convolutions): a safetensors file (no pickle, safe to load from strangers) whose
 tensors are the packed weights (uint64 bit rows: bit = ``w >= 0``, i.e. +1), per-channel float32
 scales and shifts (the binary weight scale and BatchNorm folded together) and float weights of the
 layers kept in float; its string metadata holds
 
-- ``format = "onebit"``, ``format_version = "1"``;
+- ``format = "onebit"``, ``format_version = "1"`` (``"2"`` when a convolution is grouped);
 - ``graph``: JSON list of ops ``{"op", "name", "inputs", "attrs", "tensors"}`` in execution order;
 - ``input``: JSON ``{"shape": [C, H, W] or [F], "mean", "std"}`` (inputs are normalized by it);
 - ``checksums``: JSON ``{tensor name: sha256 of its bytes}``, checked on load;
@@ -38,7 +38,10 @@ from onebit.idx import read_idx
 __all__ = ["FORMAT", "FORMAT_VERSION", "Op", "PackedModel", "load"]
 
 FORMAT = "onebit"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 2 added grouped/depthwise convolutions (``attrs["groups"]``). A file without them is
+# written as version 1, so it still loads in a version-1 reader; one with them is version 2,
+# which a version-1 reader refuses instead of computing a dense convolution by mistake.
 
 
 @dataclass
@@ -310,6 +313,10 @@ class PackedModel:
         """Bytes of all tensors (the payload of the file)."""
         return sum(int(v.nbytes) for v in self.tensors.values())
 
+    def format_version(self) -> int:
+        """The oldest format version that describes this model (2 with grouped convolutions)."""
+        return 2 if any(op.attrs.get("groups", 1) != 1 for op in self.ops) else 1
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the ``.onebit`` file atomically (temporary file, then rename)."""
         from safetensors.numpy import save_file
@@ -317,7 +324,7 @@ class PackedModel:
         p = Path(path)
         meta = {
             "format": FORMAT,
-            "format_version": str(FORMAT_VERSION),
+            "format_version": str(self.format_version()),
             "graph": json.dumps([op.to_dict() for op in self.ops]),
             "input": json.dumps(self.input),
             "checksums": json.dumps({k: _sha(v) for k, v in self.tensors.items()}),

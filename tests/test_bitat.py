@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from onebit import binarize_
@@ -23,6 +24,7 @@ from onebit.layers import is_binary_layer
 from onebit.methods import METHODS, BiTAT
 from onebit.models import build
 from onebit.pack import pack
+from onebit.runtime import load
 from onebit.training import save_checkpoint, train
 from tests.conftest import tiny_dataset
 
@@ -118,7 +120,7 @@ def test_bitat_on_mobilenet_refreshes_keeps_weight_materialized_and_binary():
             assert torch.equal(wb.abs(), m.alpha().expand_as(wb))  # only ±alpha per channel
 
 
-def test_deployed_model_is_an_ordinary_binary_net_that_packs():
+def test_deployed_model_is_an_ordinary_binary_net_that_packs(tmp_path):
     method = BiTAT(refresh_every=3, stats_batches=2)
     model = _mobilenet(method)
     data = tiny_dataset(shape=(3, 16, 16), classes=4, n_train=128)
@@ -127,9 +129,15 @@ def test_deployed_model_is_an_ordinary_binary_net_that_packs():
     x = torch.randn(6, 3, 16, 16)
     with torch.no_grad():
         ref = model(x).numpy()
-    out = pack(model, (3, 16, 16))(x.numpy())
+    packed = pack(model, (3, 16, 16))
+    out = packed(x.numpy())
     assert (out.argmax(1) == ref.argmax(1)).all()
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    # depthwise convolutions need format version 2; the file says so and round-trips
+    path = packed.save(tmp_path / "m.onebit")
+    with safe_open(str(path), "np") as f:
+        assert f.metadata()["format_version"] == "2"
+    np.testing.assert_array_equal(load(path)(x.numpy()), out)
     # the size report counts the deployed layers only, as for the plain XNOR net
     plain = _mobilenet(METHODS["xnor-ft"]())
     rows = summary(model, x[:1])

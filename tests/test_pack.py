@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 import onebit
@@ -82,6 +83,8 @@ def test_file_round_trip_and_size(tmp_path):
     model = _model("mlp", (1, 12, 12), {"hidden": [256, 256]}, BinaryConnect())
     packed = pack(model, (1, 12, 12), mean=[0.5], std=[0.25], source={"method": "bc"})
     path = packed.save(tmp_path / "m.onebit")
+    with safe_open(str(path), "np") as f:  # no grouped convolution: readable by version-1 readers
+        assert f.metadata()["format_version"] == "1"
     loaded = load(path)
     x = np.random.default_rng(0).standard_normal((5, 1, 12, 12)).astype(np.float32)
     np.testing.assert_array_equal(loaded(x), packed(x))
