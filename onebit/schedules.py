@@ -47,6 +47,7 @@ __all__ = [
     "RANKING_FORMAT",
     "Ranking",
     "apply",
+    "apply_progressive",
     "auto_epochs_per_layer",
     "binary_count",
     "binary_mask",
@@ -257,3 +258,26 @@ def apply(model: nn.Module, mask: Mapping[str, bool]) -> list[str]:
 def is_partial(modules: Iterable[nn.Module]) -> bool:
     """True when some binarized layer is switched to float (a schedule has not finished)."""
     return any(is_binary_layer(m) and not m.binary for m in modules)
+
+
+def apply_progressive(
+    model: nn.Module,
+    names: Sequence[str],
+    order: Sequence[str],
+    epoch: int,
+    epochs: int,
+    epochs_per_layer: float,
+    owner: str,
+) -> list[str]:
+    """Set the binary flags of epoch ``epoch`` of a progressive schedule; returns the binary layers.
+
+    Raises:
+        OnebitError: ``len(order) * epochs_per_layer`` does not fit in ``epochs``, so the net
+            would never be fully binary (``owner`` names the method in the message).
+    """
+    if binary_count(len(order), epochs - 1, epochs_per_layer) < len(order):
+        raise OnebitError(
+            f"{owner}: {len(order)} layers x epochs_per_layer {epochs_per_layer:g} need more than "
+            f"the {epochs} epochs of train.epochs; the net would never be fully binary."
+        )
+    return apply(model, binary_mask(names, order, epoch, epochs_per_layer))

@@ -19,9 +19,8 @@ from onebit.methods.base import Method
 from onebit.quantizers import ActSign, SignHtanh
 from onebit.schedules import (
     apply,
+    apply_progressive,
     auto_epochs_per_layer,
-    binary_count,
-    binary_mask,
     schedulable_layers,
 )
 
@@ -162,12 +161,7 @@ class BiTAT(Method):
             if self.epochs_per_layer is not None
             else auto_epochs_per_layer(len(names), epochs)
         )
-        if binary_count(len(names), epochs - 1, epl) < len(names):
-            raise OnebitError(
-                f"{self.name}: {len(names)} layers x epochs_per_layer {epl:g} need more than the "
-                f"{epochs} epochs of train.epochs; the net would never be fully binary."
-            )
-        on = apply(model, binary_mask(names, names, epoch, epl))
+        on = apply_progressive(model, names, names, epoch, epochs, epl, self.name)
         log.debug("epoch %d: binary layers %s", epoch + 1, ", ".join(on) or "none")
 
     def after_step(self, model: nn.Module, lr: float = 0.0) -> None:

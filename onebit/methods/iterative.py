@@ -13,10 +13,8 @@ from onebit.methods.base import Method
 from onebit.quantizers import SignIdentity
 from onebit.schedules import (
     ORDERS,
-    apply,
+    apply_progressive,
     auto_epochs_per_layer,
-    binary_count,
-    binary_mask,
     resolve_order,
     schedulable_layers,
 )
@@ -103,12 +101,7 @@ class IterativeBinarization(Method):
         names = schedulable_layers(model)
         order = self.layer_order(model)
         epl = self.schedule_epochs(len(order), epochs)
-        if binary_count(len(order), epochs - 1, epl) < len(order):
-            raise OnebitError(
-                f"{self.name}: {len(order)} layers x epochs_per_layer {epl:g} need more than the "
-                f"{epochs} epochs of train.epochs; the net would never be fully binary."
-            )
-        on = apply(model, binary_mask(names, order, epoch, epl))
+        on = apply_progressive(model, names, order, epoch, epochs, epl, self.name)
         log.debug("epoch %d: binary layers %s", epoch + 1, ", ".join(on) or "none")
 
     def run_files(self) -> dict[str, str]:
