@@ -215,3 +215,31 @@ def test_binary_weight_conv_float_gemm_path_matches(monkeypatch):
     assert any(key[1] == "pm1" for key in packed.cache)
     for out in (small, large):
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_packed_inference_keeps_numpy_blas_on_one_thread(monkeypatch):
+    """The runtime's float GEMMs must not start a second thread pool beside the kernels'."""
+    import threadpoolctl
+
+    from onebit import runtime
+
+    blas = threadpoolctl.ThreadpoolController().select(user_api="blas")
+    if not blas.lib_controllers:
+        pytest.fail("numpy has no BLAS library that threadpoolctl can see")
+    with blas.limit(limits=2):
+        seen = []
+        model = onebit.models.build("mlp", (1, 4, 4), 3, hidden=[8])
+        onebit.binarize_(model, BinaryConnect())
+        packed = pack(model.eval(), (1, 4, 4))
+        real = runtime.PackedModel._run
+
+        def spy(self, x, profile):
+            seen.append([lib.get_num_threads() for lib in blas.lib_controllers])
+            return real(self, x, profile)
+
+        monkeypatch.setattr(runtime.PackedModel, "_run", spy)
+        packed(np.zeros((2, 1, 4, 4), np.float32))
+        assert seen == [[1] * len(blas.lib_controllers)]
+        assert [lib.get_num_threads() for lib in blas.lib_controllers] == [2] * len(
+            blas.lib_controllers
+        )
