@@ -59,26 +59,50 @@ def mlp(
     act: str = "relu",
     dropout: float = 0.0,
     bn_eps: float = 1e-4,
+    bn_momentum: float = 0.1,
+    init: str = "torch",
 ) -> nn.Sequential:
     """Multilayer perceptron ``in -> hidden... -> num_classes`` on flattened inputs.
 
     Each hidden block is Linear -> BatchNorm1d (when ``bn``) -> ``act`` -> Dropout. With
     ``bn_logits`` a BatchNorm1d follows the output layer, as in BinaryConnect's and LAB's code.
     Linear layers followed by BatchNorm carry no bias (BatchNorm's shift replaces it).
+    ``bn_momentum`` is torch's (running = (1 - m) running + m batch; Keras' 0.99 is 0.01 here);
+    ``init`` is ``torch`` (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, torch's default) or ``glorot``
+    (``U(-sqrt(6 / (fan_in + fan_out)), +...)``, Keras' and BinaryConnect's).
     """
     widths = [math.prod(in_shape), *hidden]
     layers: list[nn.Module] = [nn.Flatten()]
     for a, b in itertools.pairwise(widths):
         layers.append(nn.Linear(a, b, bias=not bn))
         if bn:
-            layers.append(nn.BatchNorm1d(b, eps=bn_eps))
+            layers.append(nn.BatchNorm1d(b, eps=bn_eps, momentum=bn_momentum))
         layers.append(_act(act))
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(widths[-1], num_classes, bias=not bn_logits))
     if bn_logits:
-        layers.append(nn.BatchNorm1d(num_classes, eps=bn_eps))
-    return nn.Sequential(*layers)
+        layers.append(nn.BatchNorm1d(num_classes, eps=bn_eps, momentum=bn_momentum))
+    model = nn.Sequential(*layers)
+    init_weights_(model, init)
+    return model
+
+
+INITS = ("torch", "glorot")
+
+
+def init_weights_(model: nn.Module, init: str) -> None:
+    """Re-initialize the weights of every Linear and Conv2d: ``torch`` keeps torch's default,
+    ``glorot`` draws them from Glorot/Xavier uniform and zeroes the biases."""
+    if init not in INITS:
+        raise OnebitError(f"unknown init {init!r}; accepted: {', '.join(INITS)}.")
+    if init == "torch":
+        return
+    for m in model.modules():
+        if isinstance(m, nn.Linear | nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def _conv_bn(cin: int, cout: int, act: str, stride: int = 1) -> list[nn.Module]:

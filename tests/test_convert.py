@@ -83,3 +83,29 @@ def test_summary_counts_bits_params_and_macs():
     binarize_(conv, BinaryConnect())
     (row,) = summary(conv, torch.zeros(1, 2, 5, 5))
     assert row.binary_macs == 2 * 9 * 4 * 25 and row.bits == 4 * 2 * 9
+
+
+def test_mlp_keras_style_options():
+    """bn_momentum reaches every BatchNorm; glorot init stays inside its bound, torch's does not."""
+    torch.manual_seed(0)
+    model = build(
+        "mlp", (1, 28, 28), 10, hidden=[512], bn_logits=True, bn_momentum=0.01, init="glorot"
+    )
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert len(bns) == 2 and all(m.momentum == 0.01 for m in bns)
+    first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    bound = (6 / (784 + 512)) ** 0.5
+    assert first.weight.abs().max() <= bound
+    assert first.weight.abs().max() > 0.95 * bound  # uses the whole Glorot range
+    default = build("mlp", (1, 28, 28), 10, hidden=[512])
+    assert (
+        next(m for m in default.modules() if isinstance(m, nn.Linear)).weight.abs().max()
+        < (1 / 784**0.5) * 1.0001
+    )
+
+
+def test_unknown_init_is_one_sentence():
+    from onebit.errors import OnebitError
+
+    with pytest.raises(OnebitError, match="unknown init 'he'"):
+        build("mlp", (1, 4, 4), 3, hidden=[8], init="he")
