@@ -347,7 +347,10 @@ static int im2col_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, in
 static inline __attribute__((always_inline)) void dense1_row_3x3(const uint64_t *x, int64_t W,
                                                                  uint64_t mask, int64_t Cin,
                                                                  int64_t KKd, uint64_t *dst) {
-    uint64_t acc[DENSE1_MAX_WORDS] = {0};
+    uint64_t acc[DENSE1_MAX_WORDS];
+    /* zero only the KKd words used: `= {0}` on the whole array compiled to `rep stos`, whose
+     * start-up cost was the largest part of each row */
+    for (int64_t i = 0; i < KKd; i++) acc[i] = 0;
     for (int kh = 0; kh < 3; kh++) {
         for (int kw = 0; kw < 3; kw++) {
             const int64_t off = (kh * 3 + kw) * Cin;
@@ -369,7 +372,6 @@ static int im2col_dense1_range(const void *vctx, int64_t r0, int64_t r1, int64_t
     const int k33 = c->KH == 3 && c->KW == 3;
     int64_t ow = r0 % c->Wo, oh = (r0 / c->Wo) % c->Ho, b = r0 / (c->Wo * c->Ho);
     for (int64_t r = r0; r < r1; r++) {
-        uint64_t acc[DENSE1_MAX_WORDS] = {0};
         const int64_t ih0 = oh * c->sh - c->ph, iw0 = ow * c->sw - c->pw;
         if (k33 && ih0 >= 0 && ih0 + 3 <= c->H && iw0 >= 0 && iw0 + 3 <= c->W) {
             const uint64_t *x = c->x + (b * c->H + ih0) * c->W + iw0;
@@ -381,6 +383,8 @@ static int im2col_dense1_range(const void *vctx, int64_t r0, int64_t r1, int64_t
             }
             goto next;
         }
+        uint64_t acc[DENSE1_MAX_WORDS];
+        for (int64_t i = 0; i < KKd; i++) acc[i] = 0;
         for (int64_t kh = 0; kh < c->KH; kh++) {
             const int64_t ih = ih0 + kh;
             if (ih < 0 || ih >= c->H) continue;
