@@ -31,7 +31,6 @@ import torch
 from torch.nn import functional as F
 
 import onebit.kernels as K
-from onebit.bench import settle
 
 FLAGS = (
     "popcnt",
@@ -102,7 +101,6 @@ def compare(
     times: dict[str, list[float]] = {k: [] for k in samplers}
     for _ in range(rounds):
         for k, s in samplers.items():
-            settle()  # let the other library's idle pool stop spinning (onebit.bench.settle)
             times[k].append(s())
     med = {k: statistics.median(v) for k, v in times.items()}
     return med.pop("ours"), med

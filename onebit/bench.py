@@ -20,21 +20,7 @@ from onebit.errors import OnebitError
 from onebit.models import build
 from onebit.runtime import PackedModel
 
-__all__ = ["bench", "float_twin", "settle"]
-
-SETTLE_S = 0.05
-
-
-def settle() -> None:
-    """Sleep ``SETTLE_S`` seconds before timing the other side of a comparison.
-
-    torch and the onebit kernels each keep an OpenMP thread pool, and numpy its BLAS one, whose
-    idle workers busy-wait for a while after each parallel region. Measured back to back, one
-    library's spinning workers steal the cores the other's threads need, so 2-thread figures
-    came out slower than 1-thread ones. A pause lets the idle pool go to sleep: each side is
-    timed as a user who runs only that library would see it.
-    """
-    time.sleep(SETTLE_S)
+__all__ = ["bench", "float_twin"]
 
 
 def float_twin(packed: PackedModel) -> torch.nn.Module:
@@ -99,9 +85,7 @@ def bench(
                 # interleave the two measurements so drift on a shared machine hits both alike
                 tp, tt = [], []
                 for _ in range(3):
-                    settle()
                     tp.append(_median_time(run_packed, max(3, repeats // 3)))
-                    settle()
                     tt.append(_median_time(run_torch, max(3, repeats // 3)))
                 sp, st = min(tp), min(tt)
                 rows.append(

@@ -229,9 +229,30 @@ def _shortcut_a(m: PackedModel, op: Op, x: Array) -> Array:
     return np.pad(x, ((0, 0), (0, 0), (0, 0), (pad // 2, pad - pad // 2)))
 
 
-def _hardtanh(x: Array, lo: float, hi: float) -> Array:
-    y = np.maximum(x, np.float32(lo))  # two ufunc passes beat np.clip's slower generic path
+def _hardtanh(x: Array, lo: float, hi: float, out: Array | None = None) -> Array:
+    y = np.maximum(x, np.float32(lo), out=out)  # two ufunc passes beat np.clip's generic path
     return np.minimum(y, np.float32(hi), out=y)
+
+
+def _affine_(m: PackedModel, op: Op, x: Array) -> Array:
+    x *= m.tensors[op.tensors["scale"]]
+    x += m.tensors[op.tensors["shift"]]
+    return x
+
+
+def _add_(m: PackedModel, op: Op, a: Array, b: Array) -> Array:
+    return np.add(a, b, out=a) if a.shape == b.shape else a + b
+
+
+# In-place forms of elementwise ops, used when the op is the only reader of its first input:
+# at batch 64 a fresh output array per op (page faults on every call) cost more than the math.
+OPS_INPLACE: dict[str, Callable[..., Array]] = {
+    "affine": _affine_,
+    "relu": lambda m, op, x: np.maximum(x, np.float32(0), out=x),
+    "hardtanh": lambda m, op, x: _hardtanh(x, op.attrs["min"], op.attrs["max"], out=x),
+    "add": _add_,
+}
+VIEW_OPS = frozenset({"flatten"})  # may return a view of their input: never written in place
 
 
 OPS: dict[str, Callable[..., Array]] = {
@@ -309,13 +330,34 @@ class PackedModel:
         with serial_blas():
             return self._run(xa, profile)
 
+    def _in_place(self) -> frozenset[str]:
+        """Names of the ops that may overwrite their first input: an elementwise op that is the
+        only reader of a value the runtime made itself (not the caller's input, not a view)."""
+        if "in_place" not in self.cache:
+            readers: dict[str, int] = {}
+            for op in self.ops:
+                for i in op.inputs:
+                    readers[i] = readers.get(i, 0) + 1
+            views = {op.name for op in self.ops if op.op in VIEW_OPS} | {"input"}
+            self.cache["in_place"] = frozenset(  # type: ignore[assignment]
+                op.name
+                for op in self.ops
+                if op.op in OPS_INPLACE
+                and op.inputs
+                and op.inputs[0] not in views
+                and readers[op.inputs[0]] == 1
+            )
+        return self.cache["in_place"]  # type: ignore[return-value]
+
     def _run(self, xa: Array, profile: dict[str, float] | None) -> Array:
         env: dict[str, Array] = {"input": xa}
+        in_place = self._in_place()
         for op in self.ops:
             t0 = time.perf_counter() if profile is not None else 0.0
             if op.op == "output":
                 return env[op.inputs[0]]
-            fn = OPS[op.op]
+            own = op.name in in_place and env[op.inputs[0]].dtype == np.float32
+            fn = OPS_INPLACE[op.op] if own else OPS[op.op]
             env[op.name] = np.ascontiguousarray(fn(self, op, *(env[i] for i in op.inputs)))
             if profile is not None:
                 profile[op.name] = profile.get(op.name, 0.0) + time.perf_counter() - t0
