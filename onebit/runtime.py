@@ -229,8 +229,8 @@ def _shortcut_a(m: PackedModel, op: Op, x: Array) -> Array:
     return np.pad(x, ((0, 0), (0, 0), (0, 0), (pad // 2, pad - pad // 2)))
 
 
-def _hardtanh(x: Array, lo: float, hi: float, out: Array | None = None) -> Array:
-    y = np.maximum(x, np.float32(lo), out=out)  # two ufunc passes beat np.clip's generic path
+def _hardtanh(x: Array, lo: float, hi: float) -> Array:
+    y = np.maximum(x, np.float32(lo))  # two ufunc passes beat np.clip's slower generic path
     return np.minimum(y, np.float32(hi), out=y)
 
 
@@ -249,7 +249,7 @@ def _add_(m: PackedModel, op: Op, a: Array, b: Array) -> Array:
 OPS_INPLACE: dict[str, Callable[..., Array]] = {
     "affine": _affine_,
     "relu": lambda m, op, x: np.maximum(x, np.float32(0), out=x),
-    "hardtanh": lambda m, op, x: _hardtanh(x, op.attrs["min"], op.attrs["max"], out=x),
+    "hardtanh": lambda m, op, x: kernels.clamp_(x, op.attrs["min"], op.attrs["max"]),
     "add": _add_,
 }
 VIEW_OPS = frozenset({"flatten"})  # may return a view of their input: never written in place

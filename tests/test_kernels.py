@@ -294,6 +294,21 @@ def test_scale_bias(isa: str, n: int) -> None:
     np.testing.assert_array_equal(K.scale_bias(y, alpha, beta), R.scale_bias(y, alpha, beta))
 
 
+@pytest.mark.parametrize("n", (0, 1, 63, 1000, 300_001))
+@pytest.mark.parametrize("threads", (1, 2))
+def test_clamp_in_place(n: int, threads: int) -> None:
+    _require_native()
+    g = rng(n)
+    x = (3 * randn(g, n)).astype(np.float32)
+    x[: min(n, 3)] = [np.nan, -np.inf, np.inf][: min(n, 3)]
+    expected = R.clamp_(x.copy(), -1.0, 1.0)
+    out = K.clamp_(x, -1.0, 1.0, threads=threads)
+    assert out is x  # in place
+    np.testing.assert_array_equal(x, expected)
+    with pytest.raises(K.KernelInputError, match="C-contiguous, writable float32"):
+        K.clamp_(np.zeros(4), -1.0, 1.0)
+
+
 def test_threads_agree(isa: str) -> None:
     g = rng(7)
     a = R.pack_bits(randn(g, 64, 700))

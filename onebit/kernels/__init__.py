@@ -38,6 +38,7 @@ __all__ = [
     "available_isas",
     "binary_conv2d",
     "binary_float_gemm",
+    "clamp_",
     "conv_output_size",
     "get_isa",
     "get_num_threads",
@@ -407,3 +408,23 @@ def scale_bias(
     out = np.empty((m, n), dtype=np.float32)
     _native.scale_bias(ya, al, be, out, m, n, t)
     return out
+
+
+def clamp_(
+    x: npt.NDArray[np.float32], lo: float, hi: float, *, threads: int | None = None
+) -> npt.NDArray[np.float32]:
+    """In place ``x = min(max(x, lo), hi)`` (hardtanh) on a C-contiguous, writable float32 array;
+    returns ``x``. One threaded pass, where numpy needs two single-threaded ones."""
+    if not (
+        type(x) is np.ndarray
+        and x.dtype == np.float32
+        and x.flags.c_contiguous
+        and x.flags.writeable
+    ):
+        raise KernelInputError("clamp_ needs a C-contiguous, writable float32 numpy array.")
+    t = _threads(threads)
+    if _native is None:
+        _fallback()
+        return reference.clamp_(x, lo, hi)
+    _native.clamp(x, x.size, float(lo), float(hi), t)
+    return x

@@ -20,6 +20,7 @@ import numpy.typing as npt
 __all__ = [
     "binary_conv2d",
     "binary_float_gemm",
+    "clamp_",
     "conv_output_size",
     "num_words",
     "pack_bits",
@@ -177,3 +178,9 @@ def scale_bias(
     yf = np.asarray(y).astype(np.float32)
     prod = (np.asarray(alpha, dtype=np.float32) * yf).astype(np.float32)
     return (prod + np.asarray(beta, dtype=np.float32)).astype(np.float32)
+
+
+def clamp_(x: npt.NDArray[np.float32], lo: float, hi: float) -> npt.NDArray[np.float32]:
+    """In place ``x = min(max(x, lo), hi)``; returns ``x``."""
+    np.maximum(x, np.float32(lo), out=x)
+    return np.minimum(x, np.float32(hi), out=x)

@@ -654,3 +654,31 @@ int ob_scale_bias(const int32_t *y, const float *alpha, const float *beta, float
     const int t = resolve_threads(threads, (double)M * (double)N, 1 << 16);
     return run_2d(t, M, 1, 1, 1, sb_range, &c);
 }
+
+/* ------------------------------------------------------------------ clamp */
+
+typedef struct {
+    float *x;
+    float lo, hi;
+} clamp_ctx;
+
+static int clamp_range(const void *vctx, int64_t i0, int64_t i1, int64_t n0, int64_t n1) {
+    const clamp_ctx *c = (const clamp_ctx *)vctx;
+    (void)n0;
+    (void)n1;
+    float *x = c->x;
+    const float lo = c->lo, hi = c->hi;
+    /* one pass, in place; the compiler vectorizes it (NaN stays NaN, as with np.maximum) */
+    for (int64_t i = i0; i < i1; i++) {
+        const float v = x[i] < lo ? lo : x[i];
+        x[i] = v > hi ? hi : v;
+    }
+    return 0;
+}
+
+int ob_clamp_f32(float *x, int64_t n, float lo, float hi, int threads) {
+    if (n <= 0) return 0;
+    clamp_ctx c = {x, lo, hi};
+    const int t = resolve_threads(threads, (double)n, 1 << 16);
+    return run_2d(t, n, 1, 16, 1, clamp_range, &c);
+}

@@ -108,5 +108,6 @@ int ob_threshold_sign_i32(const int32_t *y, const float *thr, const uint8_t *fli
                           uint64_t *out, int64_t M, int64_t N, int threads);
 int ob_scale_bias(const int32_t *y, const float *alpha, const float *beta, float *out,
                   int64_t M, int64_t N, int threads);
+int ob_clamp_f32(float *x, int64_t n, float lo, float hi, int threads);
 
 #endif /* ONEBIT_OB_KERNELS_H */

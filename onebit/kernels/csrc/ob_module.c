@@ -237,6 +237,25 @@ static PyObject *py_scale_bias(PyObject *self, PyObject *args) {
     return finish(err);
 }
 
+/* clamp_(x: f32 (n,) writable, n, lo, hi, threads): x = min(max(x, lo), hi) in place */
+static PyObject *py_clamp(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer x;
+    long long n;
+    float lo, hi;
+    int threads, err = 0;
+    if (!PyArg_ParseTuple(args, "w*Lffi", &x, &n, &lo, &hi, &threads)) return NULL;
+    const int bad = n < 0 || check_size(&x, n, 4, "x");
+    if (n < 0) PyErr_SetString(PyExc_ValueError, "clamp: negative length");
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS err = ob_clamp_f32((float *)x.buf, n, lo, hi, threads);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&x);
+    if (bad) return NULL;
+    return finish(err);
+}
+
 static PyObject *py_available_isas(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -311,6 +330,7 @@ static PyMethodDef methods[] = {
     {"threshold_sign", py_threshold_sign, METH_VARARGS,
      "threshold_sign(y, thresh, flip, out, M, N, is_int, threads)"},
     {"scale_bias", py_scale_bias, METH_VARARGS, "scale_bias(y, alpha, beta, out, M, N, threads)"},
+    {"clamp", py_clamp, METH_VARARGS, "clamp(x, n, lo, hi, threads): x = min(max(x, lo), hi)"},
     {"available_isas", py_available_isas, METH_NOARGS, "ISAs this CPU can run, best first."},
     {"get_isa", py_get_isa, METH_NOARGS, "The ISA the kernels dispatch to."},
     {"set_isa", py_set_isa, METH_O, "Force an ISA by name; None restores the best one."},
