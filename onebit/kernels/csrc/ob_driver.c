@@ -313,24 +313,33 @@ static int im2col_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, in
     const conv_ctx *c = (const conv_ctx *)vctx;
     (void)n0;
     (void)n1;
-    const int64_t KK = c->KH * c->KW * c->Cw;
+    const int64_t Cw = c->Cw, KK = c->KH * c->KW * Cw;
+    int64_t ow = r0 % c->Wo, oh = (r0 / c->Wo) % c->Ho, b = r0 / (c->Wo * c->Ho);
     for (int64_t r = r0; r < r1; r++) {
-        const int64_t ow = r % c->Wo;
-        const int64_t oh = (r / c->Wo) % c->Ho;
-        const int64_t b = r / (c->Wo * c->Ho);
         uint64_t *dst = c->col + r * KK;
+        const int64_t ih0 = oh * c->sh - c->ph, iw0 = ow * c->sw - c->pw;
         for (int64_t kh = 0; kh < c->KH; kh++) {
-            const int64_t ih = oh * c->sh - c->ph + kh;
+            const int64_t ih = ih0 + kh;
+            const int row_in = ih >= 0 && ih < c->H;
+            const uint64_t *srow = c->x + (b * c->H + ih) * c->W * Cw;
             for (int64_t kw = 0; kw < c->KW; kw++) {
-                const int64_t iw = ow * c->sw - c->pw + kw;
-                uint64_t *d = dst + (kh * c->KW + kw) * c->Cw;
-                if (ih < 0 || ih >= c->H || iw < 0 || iw >= c->W) {
-                    memset(d, 0, (size_t)c->Cw * sizeof(uint64_t));
+                const int64_t iw = iw0 + kw;
+                uint64_t *d = dst + (kh * c->KW + kw) * Cw;
+                if (!row_in || iw < 0 || iw >= c->W) {
+                    for (int64_t j = 0; j < Cw; j++) d[j] = 0;
                 } else {
-                    const uint64_t *s = c->x + ((b * c->H + ih) * c->W + iw) * c->Cw;
-                    memcpy(d, s, (size_t)c->Cw * sizeof(uint64_t));
-                    d[c->Cw - 1] &= c->lastmask;
+                    /* a word loop, not memcpy: Cw is 1-8 words for usual channel counts */
+                    const uint64_t *src = srow + iw * Cw;
+                    for (int64_t j = 0; j < Cw - 1; j++) d[j] = src[j];
+                    d[Cw - 1] = src[Cw - 1] & c->lastmask;
                 }
+            }
+        }
+        if (++ow == c->Wo) {
+            ow = 0;
+            if (++oh == c->Ho) {
+                oh = 0;
+                b++;
             }
         }
     }
