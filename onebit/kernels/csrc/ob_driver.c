@@ -268,42 +268,98 @@ typedef struct {
     int64_t Cin, KKd; /* dense layout: row words of KH * KW * Cin bits (0: per-tap layout) */
 } conv_ctx;
 
-/* OR the first `nbits` bits of src (bits past them cleared with `lastmask`) into the zeroed
- * row dst of `dst_words` words, starting at bit `off`. */
-static void put_bits(uint64_t *dst, int64_t dst_words, int64_t off, const uint64_t *src,
-                     int64_t nbits, uint64_t lastmask) {
-    const int64_t nw = ob_ceil_div(nbits, 64);
-    const int64_t w0 = off >> 6;
-    const int s = (int)(off & 63);
-    for (int64_t j = 0; j < nw; j++) {
-        const uint64_t v = j == nw - 1 ? src[j] & lastmask : src[j];
-        dst[w0 + j] |= v << s;
-        if (s != 0 && w0 + j + 1 < dst_words) dst[w0 + j + 1] |= v >> (64 - s);
+/* The output position (b, oh, ow) of an im2col row, advanced row by row without divisions. */
+typedef struct {
+    int64_t b, oh, ow;
+} out_pos;
+
+static inline out_pos out_pos_of(const conv_ctx *c, int64_t r) {
+    const out_pos p = {r / (c->Wo * c->Ho), (r / c->Wo) % c->Ho, r % c->Wo};
+    return p;
+}
+
+static inline void out_pos_next(const conv_ctx *c, out_pos *p) {
+    if (++p->ow == c->Wo) {
+        p->ow = 0;
+        if (++p->oh == c->Ho) {
+            p->oh = 0;
+            p->b++;
+        }
     }
 }
 
-/* Dense im2col: tap t of a row holds its Cin bits at bit t * Cin, with no per-tap word
- * padding. A 3x3 conv over 16 channels then costs 3 words per row instead of 9 (ResNet-20's
- * first stages); padded taps stay all-zero and are corrected like in the per-tap layout. */
+/* OR the `nbits` (<= 64) low bits of v, higher bits clear, into a zeroed row at bit `off`. */
+static inline void or_bits(uint64_t *row, int64_t off, uint64_t v, int64_t nbits) {
+    const int s = (int)(off & 63);
+    row[off >> 6] |= v << s;
+    if (s + nbits > 64) row[(off >> 6) + 1] |= v >> (64 - s); /* s > 0 here */
+}
+
+/* OR the first `nbits` bits of src (bits past them cleared with `lastmask`) into a zeroed row
+ * at bit `off`. */
+static void put_bits(uint64_t *row, int64_t off, const uint64_t *src, int64_t nbits,
+                     uint64_t lastmask) {
+    const int64_t nw = ob_ceil_div(nbits, 64);
+    for (int64_t j = 0; j < nw; j++) {
+        const int64_t nb = ob_min64(64, nbits - 64 * j);
+        or_bits(row, off + 64 * j, j == nw - 1 ? src[j] & lastmask : src[j], nb);
+    }
+}
+
+/* One dense im2col row: tap t of the window at p holds its Cin bits at bit t * Cin, with no
+ * per-tap word padding, so a 3x3 conv over 16 channels costs 3 words per row instead of 9
+ * (ResNet-20's first stages); padded taps stay all-zero and are corrected like in the per-tap
+ * layout. */
+static void dense_row(const conv_ctx *c, out_pos p, uint64_t *dst) {
+    for (int64_t i = 0; i < c->KKd; i++) dst[i] = 0;
+    for (int64_t kh = 0; kh < c->KH; kh++) {
+        const int64_t ih = p.oh * c->sh - c->ph + kh;
+        if (ih < 0 || ih >= c->H) continue;
+        for (int64_t kw = 0; kw < c->KW; kw++) {
+            const int64_t iw = p.ow * c->sw - c->pw + kw;
+            if (iw < 0 || iw >= c->W) continue;
+            const uint64_t *src = c->x + ((p.b * c->H + ih) * c->W + iw) * c->Cw;
+            put_bits(dst, (kh * c->KW + kw) * c->Cin, src, c->Cin, c->lastmask);
+        }
+    }
+}
+
+/* The common case, a 3x3 window inside the image over Cin <= 64 channels (one word per pixel),
+ * with Cin a compile-time constant at the call sites, so every offset folds into an immediate.
+ * The row is built in a local buffer of DENSE1_MAX_WORDS words. */
+#define DENSE1_MAX_WORDS 16
+
+static inline __attribute__((always_inline)) void dense1_row_3x3(const uint64_t *x, int64_t W,
+                                                                 uint64_t mask, int64_t Cin,
+                                                                 int64_t KKd, uint64_t *dst) {
+    uint64_t acc[DENSE1_MAX_WORDS];
+    /* zero only the KKd words used: `= {0}` on the whole array compiled to `rep stos`, whose
+     * start-up cost was the largest part of each row */
+    for (int64_t i = 0; i < KKd; i++) acc[i] = 0;
+    for (int kh = 0; kh < 3; kh++) {
+        for (int kw = 0; kw < 3; kw++) or_bits(acc, (kh * 3 + kw) * Cin, x[kh * W + kw] & mask, Cin);
+    }
+    memcpy(dst, acc, (size_t)KKd * sizeof(uint64_t));
+}
+
 static int im2col_dense_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
     const conv_ctx *c = (const conv_ctx *)vctx;
     (void)n0;
     (void)n1;
-    for (int64_t r = r0; r < r1; r++) {
-        const int64_t ow = r % c->Wo;
-        const int64_t oh = (r / c->Wo) % c->Ho;
-        const int64_t b = r / (c->Wo * c->Ho);
+    const int fast = c->Cw == 1 && c->KH == 3 && c->KW == 3 && c->KKd <= DENSE1_MAX_WORDS;
+    out_pos p = out_pos_of(c, r0);
+    for (int64_t r = r0; r < r1; r++, out_pos_next(c, &p)) {
         uint64_t *dst = c->col + r * c->KKd;
-        memset(dst, 0, (size_t)c->KKd * sizeof(uint64_t));
-        for (int64_t kh = 0; kh < c->KH; kh++) {
-            const int64_t ih = oh * c->sh - c->ph + kh;
-            if (ih < 0 || ih >= c->H) continue;
-            for (int64_t kw = 0; kw < c->KW; kw++) {
-                const int64_t iw = ow * c->sw - c->pw + kw;
-                if (iw < 0 || iw >= c->W) continue;
-                const uint64_t *s = c->x + ((b * c->H + ih) * c->W + iw) * c->Cw;
-                put_bits(dst, c->KKd, (kh * c->KW + kw) * c->Cin, s, c->Cin, c->lastmask);
-            }
+        const int64_t ih0 = p.oh * c->sh - c->ph, iw0 = p.ow * c->sw - c->pw;
+        if (!fast || ih0 < 0 || ih0 + 3 > c->H || iw0 < 0 || iw0 + 3 > c->W) {
+            dense_row(c, p, dst);
+            continue;
+        }
+        const uint64_t *x = c->x + (p.b * c->H + ih0) * c->W + iw0;
+        switch (c->Cin) { /* the channel counts of common binary CNNs, unrolled */
+            case 16: dense1_row_3x3(x, c->W, c->lastmask, 16, 3, dst); break;
+            case 32: dense1_row_3x3(x, c->W, c->lastmask, 32, 5, dst); break;
+            default: dense1_row_3x3(x, c->W, c->lastmask, c->Cin, c->KKd, dst); break;
         }
     }
     return 0;
@@ -314,14 +370,14 @@ static int im2col_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, in
     (void)n0;
     (void)n1;
     const int64_t Cw = c->Cw, KK = c->KH * c->KW * Cw;
-    int64_t ow = r0 % c->Wo, oh = (r0 / c->Wo) % c->Ho, b = r0 / (c->Wo * c->Ho);
-    for (int64_t r = r0; r < r1; r++) {
+    out_pos p = out_pos_of(c, r0);
+    for (int64_t r = r0; r < r1; r++, out_pos_next(c, &p)) {
         uint64_t *dst = c->col + r * KK;
-        const int64_t ih0 = oh * c->sh - c->ph, iw0 = ow * c->sw - c->pw;
+        const int64_t ih0 = p.oh * c->sh - c->ph, iw0 = p.ow * c->sw - c->pw;
         for (int64_t kh = 0; kh < c->KH; kh++) {
             const int64_t ih = ih0 + kh;
             const int row_in = ih >= 0 && ih < c->H;
-            const uint64_t *srow = c->x + (b * c->H + ih) * c->W * Cw;
+            const uint64_t *srow = c->x + (p.b * c->H + ih) * c->W * Cw;
             for (int64_t kw = 0; kw < c->KW; kw++) {
                 const int64_t iw = iw0 + kw;
                 uint64_t *d = dst + (kh * c->KW + kw) * Cw;
@@ -333,88 +389,6 @@ static int im2col_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, in
                     for (int64_t j = 0; j < Cw - 1; j++) d[j] = src[j];
                     d[Cw - 1] = src[Cw - 1] & c->lastmask;
                 }
-            }
-        }
-        if (++ow == c->Wo) {
-            ow = 0;
-            if (++oh == c->Ho) {
-                oh = 0;
-                b++;
-            }
-        }
-    }
-    return 0;
-}
-
-/* The dense im2col for Cin <= 64 (one word per input pixel) with at most DENSE1_MAX_WORDS
- * words per row, the common case (3x3 convs over 16 or 32 channels): the row is built in a
- * local buffer, (b, oh, ow) advance without divisions, and each tap is one or two shifts. */
-#define DENSE1_MAX_WORDS 16
-
-/* One dense row of a 3x3 window whose taps all lie inside the image, with Cin a compile-time
- * constant at the call sites below, so every offset and shift folds into an immediate. */
-static inline __attribute__((always_inline)) void dense1_row_3x3(const uint64_t *x, int64_t W,
-                                                                 uint64_t mask, int64_t Cin,
-                                                                 int64_t KKd, uint64_t *dst) {
-    uint64_t acc[DENSE1_MAX_WORDS];
-    /* zero only the KKd words used: `= {0}` on the whole array compiled to `rep stos`, whose
-     * start-up cost was the largest part of each row */
-    for (int64_t i = 0; i < KKd; i++) acc[i] = 0;
-    for (int kh = 0; kh < 3; kh++) {
-        for (int kw = 0; kw < 3; kw++) {
-            const int64_t off = (kh * 3 + kw) * Cin;
-            const int sft = (int)(off & 63);
-            const uint64_t v = x[kh * W + kw] & mask;
-            acc[off >> 6] |= v << sft;
-            if (sft + Cin > 64) acc[(off >> 6) + 1] |= v >> (64 - sft);
-        }
-    }
-    memcpy(dst, acc, (size_t)KKd * sizeof(uint64_t));
-}
-
-static int im2col_dense1_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0,
-                               int64_t n1) {
-    const conv_ctx *c = (const conv_ctx *)vctx;
-    (void)n0;
-    (void)n1;
-    const int64_t Cin = c->Cin, KKd = c->KKd;
-    const int k33 = c->KH == 3 && c->KW == 3;
-    int64_t ow = r0 % c->Wo, oh = (r0 / c->Wo) % c->Ho, b = r0 / (c->Wo * c->Ho);
-    for (int64_t r = r0; r < r1; r++) {
-        const int64_t ih0 = oh * c->sh - c->ph, iw0 = ow * c->sw - c->pw;
-        if (k33 && ih0 >= 0 && ih0 + 3 <= c->H && iw0 >= 0 && iw0 + 3 <= c->W) {
-            const uint64_t *x = c->x + (b * c->H + ih0) * c->W + iw0;
-            uint64_t *dst = c->col + r * KKd;
-            switch (Cin) { /* the channel counts of common binary CNNs, unrolled */
-                case 16: dense1_row_3x3(x, c->W, c->lastmask, 16, 3, dst); break;
-                case 32: dense1_row_3x3(x, c->W, c->lastmask, 32, 5, dst); break;
-                default: dense1_row_3x3(x, c->W, c->lastmask, Cin, KKd, dst); break;
-            }
-            goto next;
-        }
-        uint64_t acc[DENSE1_MAX_WORDS];
-        for (int64_t i = 0; i < KKd; i++) acc[i] = 0;
-        for (int64_t kh = 0; kh < c->KH; kh++) {
-            const int64_t ih = ih0 + kh;
-            if (ih < 0 || ih >= c->H) continue;
-            const uint64_t *src = c->x + (b * c->H + ih) * c->W;
-            for (int64_t kw = 0; kw < c->KW; kw++) {
-                const int64_t iw = iw0 + kw;
-                if (iw < 0 || iw >= c->W) continue;
-                const int64_t off = (kh * c->KW + kw) * Cin;
-                const int sft = (int)(off & 63);
-                const uint64_t v = src[iw] & c->lastmask;
-                acc[off >> 6] |= v << sft;
-                if (sft + Cin > 64) acc[(off >> 6) + 1] |= v >> (64 - sft); /* sft > 0 here */
-            }
-        }
-        memcpy(c->col + r * KKd, acc, (size_t)KKd * sizeof(uint64_t));
-    next:
-        if (++ow == c->Wo) {
-            ow = 0;
-            if (++oh == c->Ho) {
-                oh = 0;
-                b++;
             }
         }
     }
@@ -443,13 +417,9 @@ static int fixup_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, int
     const conv_ctx *c = (const conv_ctx *)vctx;
     (void)n0;
     (void)n1;
-    int64_t ow = r0 % c->Wo, oh = (r0 / c->Wo) % c->Ho;
-    for (int64_t r = r0; r < r1; r++) {
-        const int64_t ih0 = oh * c->sh - c->ph, iw0 = ow * c->sw - c->pw;
-        if (++ow == c->Wo) {
-            ow = 0;
-            if (++oh == c->Ho) oh = 0;
-        }
+    out_pos p = out_pos_of(c, r0);
+    for (int64_t r = r0; r < r1; r++, out_pos_next(c, &p)) {
+        const int64_t ih0 = p.oh * c->sh - c->ph, iw0 = p.ow * c->sw - c->pw;
         /* interior outputs (every tap inside the image) need no correction */
         if (ih0 >= 0 && ih0 + c->KH <= c->H && iw0 >= 0 && iw0 + c->KW <= c->W) continue;
         int32_t *o = c->out + r * c->Cout;
@@ -526,15 +496,12 @@ int ob_binary_conv2d(const uint64_t *xbits, const uint64_t *w, int32_t *out, int
         memset(wd, 0, (size_t)(Cout * KKd) * sizeof(uint64_t));
         for (int64_t o = 0; o < Cout; o++)
             for (int64_t t = 0; t < taps; t++)
-                put_bits(wd + o * KKd, KKd, t * Cin, wc + o * KK + t * Cw, Cin, lastmask);
+                put_bits(wd + o * KKd, t * Cin, wc + o * KK + t * Cw, Cin, lastmask);
         c.KKd = KKd;
     }
     const int64_t KKr = wd ? KKd : KK; /* words per im2col row */
     const int tcopy = resolve_threads(threads, (double)rows * (double)KK, 1 << 14);
-    range_fn copy = !wd                                     ? im2col_range
-                    : Cw == 1 && KKd <= DENSE1_MAX_WORDS ? im2col_dense1_range
-                                                         : im2col_dense_range;
-    err = run_2d(tcopy, rows, 1, 1, 1, copy, &c);
+    err = run_2d(tcopy, rows, 1, 1, 1, wd ? im2col_dense_range : im2col_range, &c);
     if (!err) {
         ob_xnor_args a = {col, KKr, wd ? wd : wc, KKr, out, Cout, KKr, taps * Cin};
         err = run_xnor(&a, rows, Cout, threads);
