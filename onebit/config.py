@@ -53,6 +53,8 @@ class DataConfig:
             training split (None: all); a budget knob, stated with the results it produces.
         max_val: validate on at most this many validation examples, evenly spaced (None: all).
             The test split is never cut.
+        normalize: standardize image inputs with the dataset's per-channel mean and std
+            (False: feed ``x / 255`` in [0, 1], as Keras/Larq examples do).
     """
 
     name: str = "fashion-mnist"
@@ -63,6 +65,7 @@ class DataConfig:
     seq_len: int = 100
     max_train: int | None = None
     max_val: int | None = None
+    normalize: bool = True
 
 
 @dataclass

@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -605,6 +605,12 @@ def char_dataset(text: str, seq_len: int = 100, *, name: str = "text", source: s
         classes=tuple(chr(c) for c in vocab),
         source=source,
     )
+
+
+def unnormalized(data: Dataset) -> Dataset:
+    """The same dataset fed as ``x / 255`` in [0, 1] (mean 0, std 1 per channel) instead of
+    standardized with its per-channel statistics; text token ids are unaffected either way."""
+    return replace(data, mean=(0.0,) * len(data.mean), std=(1.0,) * len(data.std))
 
 
 def subsample(data: Dataset, max_train: int | None = None, max_val: int | None = None) -> Dataset:

@@ -24,7 +24,7 @@ from torch import nn
 
 from onebit.config import Config, build_method
 from onebit.convert import binarize_, summary
-from onebit.data import Dataset, load_dataset, subsample
+from onebit.data import Dataset, load_dataset, subsample, unnormalized
 from onebit.errors import OnebitError
 from onebit.methods import Method
 from onebit.models import build, model_options
@@ -68,6 +68,8 @@ def load_data(cfg: Config, progress: bool = False) -> Dataset:
     )
     if cfg.data.augment is not None:
         data.augment = cfg.data.augment
+    if not cfg.data.normalize:
+        data = unnormalized(data)
     return subsample(data, cfg.data.max_train, cfg.data.max_val)
 
 

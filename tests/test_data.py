@@ -501,3 +501,19 @@ def test_random_crop_flip() -> None:
 def test_split_length_mismatch() -> None:
     with pytest.raises(OnebitError, match="labels"):
         data.Split(torch.zeros(3, 2), torch.zeros(2, dtype=torch.int64))
+
+
+def test_normalize_false_feeds_x_over_255(tmp_path: Path) -> None:
+    """data.normalize = false: the run's inputs are x / 255 in [0, 1], and the run stores 0/1."""
+    from onebit.config import Config
+    from onebit.runs import load_data
+
+    make_idx_dataset(tmp_path / "mnist")
+    cfg = Config.from_dict(
+        {"data": {"name": "mnist", "root": str(tmp_path), "val_size": 10, "normalize": False}}
+    )
+    ds = load_data(cfg)
+    assert ds.mean == (0.0,) and ds.std == (1.0,)
+    x, _ = next(data.batches(ds.train, 40, shuffle=False, mean=ds.mean, std=ds.std))
+    np.testing.assert_allclose(x.numpy(), ds.train.x.numpy() / 255.0, rtol=1e-6)
+    assert data.load_dataset("mnist", root=tmp_path, val_size=10).mean != (0.0,)
