@@ -1,12 +1,12 @@
 """Builds the optional C extension onebit.kernels._native; everything else is in pyproject.toml.
 
-The extension links nothing but libc and OpenMP (no libtorch) and is compiled without -march
+The extension links nothing but libc and pthreads (no libtorch, no OpenMP: its own small
+thread pool, ob_pool.c, has a cheaper fork/join) and is compiled without -march
 flags: each ISA variant carries a target attribute and is chosen at run time. When it cannot be
 built (no compiler), onebit still installs and its kernels fall back to the numpy reference.
 """
 
 import os
-import platform
 import sys
 
 from setuptools import Extension, setup
@@ -15,16 +15,14 @@ from setuptools.command.build_ext import build_ext
 SOURCES = [
     "onebit/kernels/csrc/ob_module.c",
     "onebit/kernels/csrc/ob_driver.c",
+    "onebit/kernels/csrc/ob_pool.c",
     "onebit/kernels/csrc/ob_generic.c",
     "onebit/kernels/csrc/ob_avx2.c",
     "onebit/kernels/csrc/ob_avx512.c",
 ]
 # -ffp-contract=off keeps float results identical across ISA paths (tests compare them)
-COMPILE = ["-O3", "-fopenmp", "-ffp-contract=off"]
-LINK = ["-fopenmp"]
-if platform.system() == "Darwin":  # Apple clang: OpenMP only through libomp, not assumed here
-    COMPILE = [f for f in COMPILE if f != "-fopenmp"]
-    LINK = []
+COMPILE = ["-O3", "-pthread", "-ffp-contract=off"]
+LINK = ["-pthread"]
 
 
 class OptionalBuildExt(build_ext):

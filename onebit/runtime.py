@@ -276,7 +276,7 @@ _blas: list[Any] | None = None  # numpy's BLAS libraries, found on first use (no
 def serial_blas() -> Iterator[None]:
     """Inside, numpy's BLAS (OpenBLAS, MKL, ...) runs on one thread; its setting is restored after.
 
-    Why: a packed model interleaves the kernels' OpenMP threads with numpy float GEMMs (the
+    Why: a packed model interleaves the kernels' threads with numpy float GEMMs (the
     first and last layers). Two thread pools on the same cores fight, because each pool's idle
     workers busy-wait for a while after their work: on this 2-core machine a 2-thread ResNet-18
     at batch 1 ran 7x slower than at one thread until numpy's BLAS was kept to one thread. The

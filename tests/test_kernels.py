@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -336,6 +338,49 @@ def test_threads_agree(isa: str) -> None:
     finally:
         K.set_num_threads(0)
     assert K.get_num_threads() == old
+
+
+def _xnor_in_child(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    return K.xnor_gemm(a, b, k, threads=2)
+
+
+def test_pool_serves_many_callers_and_more_threads_than_cpus(isa: str) -> None:
+    """The thread pool runs one job at a time: callers from other Python threads (the GIL is
+    released in the kernels) run serially rather than wait or mix their parts, and asking for
+    more threads than there are CPUs still splits the work exactly once."""
+    g = rng(10)
+    a, b = R.pack_bits(randn(g, 40, 700)), R.pack_bits(randn(g, 300, 700))
+    expected = R.xnor_gemm(a, b, 700)
+    np.testing.assert_array_equal(
+        K.xnor_gemm(a, b, 700, threads=(os.cpu_count() or 1) + 3), expected
+    )
+    with ThreadPoolExecutor(4) as ex:
+        results = list(ex.map(lambda t: K.xnor_gemm(a, b, 700, threads=1 + t % 3), range(48)))
+    for r in results:
+        np.testing.assert_array_equal(r, expected)
+
+
+def test_pool_in_a_forked_child(isa: str) -> None:
+    """A forked child inherits none of the parent's pool threads; its pool starts its own
+    instead of waiting forever for workers that do not exist there."""
+    g = rng(11)
+    a, b = R.pack_bits(randn(g, 16, 300)), R.pack_bits(randn(g, 256, 300))
+    K.xnor_gemm(a, b, 300, threads=2)  # the parent's workers now exist
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_xnor_in_child, (a, b, 300)).get(timeout=120)
+    np.testing.assert_array_equal(got, R.xnor_gemm(a, b, 300))
+
+
+def test_time_xnor_gemm(isa: str) -> None:
+    """The benchmarks' in-C timer runs the same kernel: one time per call, output exact."""
+    g = rng(12)
+    a, b = R.pack_bits(randn(g, 7, 65)), R.pack_bits(randn(g, 9, 65))
+    out = np.zeros((7, 9), np.int32)
+    times = K._native.time_xnor_gemm(a, b, out, 7, 9, 65, 2, 5)
+    assert len(times) == 5 and all(t > 0 for t in times)
+    np.testing.assert_array_equal(out, R.xnor_gemm(a, b, 65))
+    with pytest.raises(ValueError, match="buffer has"):
+        K._native.time_xnor_gemm(a, b, out[:3], 7, 9, 65, 1, 5)
 
 
 def test_wrapper_float_ops_match_torch(isa: str) -> None:

@@ -1,13 +1,10 @@
 /*
- * Run-time dispatch and OpenMP work splitting.  Nothing here depends on Python.
+ * Run-time dispatch and work splitting over the thread pool (ob_pool.c).  Nothing here
+ * depends on Python.
  */
 #define _POSIX_C_SOURCE 200112L /* posix_memalign */
 #include <stdlib.h>
 #include <string.h>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "ob_kernels.h"
 
@@ -87,22 +84,12 @@ static const ob_isa_table *current(void) { return isa_table(ob_get_isa()); }
 
 void ob_set_num_threads(int n) { g_threads = n > 0 ? n : 0; }
 
-int ob_get_num_threads(void) {
-    if (g_threads > 0) return g_threads;
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
+int ob_get_num_threads(void) { return g_threads > 0 ? g_threads : ob_default_threads(); }
 
 /* Threads for a call: the per-call request (>0) or the global setting, reduced so that
  * each thread gets at least `min_per_thread` units of `work`. */
 static int resolve_threads(int requested, double work, double min_per_thread) {
     int t = requested > 0 ? requested : ob_get_num_threads();
-#ifndef _OPENMP
-    t = 1;
-#endif
     const double cap = work / min_per_thread;
     if (cap < (double)t) t = cap < 1.0 ? 1 : (int)cap;
     return t < 1 ? 1 : t;
@@ -118,9 +105,28 @@ static void split(int64_t units, int64_t unit, int64_t total, int parts, int idx
     *hi = ob_min64(b * unit, total);
 }
 
-/* Split [0, M) x [0, N) over up to `threads` threads.  N is split first (in units of nu
- * columns) because B/W panels are repacked per thread; M (units of mu rows) only when N
- * has fewer units than threads. */
+typedef struct {
+    int64_t M, N, mun, nun, mu, nu;
+    range_fn fn;
+    const void *ctx;
+    _Atomic int err;
+} split_job;
+
+/* Part `id` of `nt`: N is split first (in units of nu columns) because B/W panels are
+ * repacked per thread; M (units of mu rows) only when N has fewer units than threads. */
+static void split_task(void *vjob, int id, int nt) {
+    split_job *j = (split_job *)vjob;
+    const int tn = (int64_t)nt <= j->nun ? nt : (int)j->nun;
+    int tm = nt / tn;
+    if ((int64_t)tm > j->mun) tm = (int)j->mun;
+    if (id >= tn * tm) return;
+    int64_t m0, m1, n0, n1;
+    split(j->nun, j->nu, j->N, tn, id % tn, &n0, &n1);
+    split(j->mun, j->mu, j->M, tm, id / tn, &m0, &m1);
+    if (m0 < m1 && n0 < n1 && j->fn(j->ctx, m0, m1, n0, n1) != 0) j->err = -1;
+}
+
+/* Run fn over [0, M) x [0, N), split over up to `threads` threads. */
 static int run_2d(int threads, int64_t M, int64_t N, int64_t mu, int64_t nu, range_fn fn,
                   const void *ctx) {
     if (M <= 0 || N <= 0) return 0;
@@ -128,26 +134,9 @@ static int run_2d(int threads, int64_t M, int64_t N, int64_t mu, int64_t nu, ran
     const int64_t nun = ob_ceil_div(N, nu);
     if ((int64_t)threads > mun * nun) threads = (int)(mun * nun);
     if (threads <= 1) return fn(ctx, 0, M, 0, N);
-    int err = 0;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads) reduction(| : err)
-    {
-        const int nt = omp_get_num_threads();
-        const int id = omp_get_thread_num();
-        const int tn = (int64_t)nt <= nun ? nt : (int)nun;
-        int tm = nt / tn;
-        if ((int64_t)tm > mun) tm = (int)mun;
-        if (id < tn * tm) {
-            int64_t m0, m1, n0, n1;
-            split(nun, nu, N, tn, id % tn, &n0, &n1);
-            split(mun, mu, M, tm, id / tn, &m0, &m1);
-            if (m0 < m1 && n0 < n1) err |= fn(ctx, m0, m1, n0, n1);
-        }
-    }
-#else
-    err = fn(ctx, 0, M, 0, N);
-#endif
-    return err;
+    split_job job = {M, N, mun, nun, mu, nu, fn, ctx, 0};
+    ob_parallel(threads, split_task, &job);
+    return job.err;
 }
 
 /* ------------------------------------------------------------------ pack_bits */

@@ -3,8 +3,8 @@
  *
  * The kernels work on raw, C-contiguous buffers and never touch Python or libtorch.
  * Each instruction-set variant (generic C, AVX2, AVX-512+VPOPCNTDQ) fills one
- * ob_isa_table; ob_driver.c picks a table at run time, splits the work over
- * OpenMP threads and calls the table's single-threaded range kernels.
+ * ob_isa_table; ob_driver.c picks a table at run time, splits the work over the
+ * threads of ob_pool.c and calls the table's single-threaded range kernels.
  *
  * Bit layout (shared by every op): bit j of word k of a row holds column 64*k + j;
  * a set bit means +1, a clear bit means -1.  Padding bits beyond the logical
@@ -90,8 +90,15 @@ int ob_isa_supported(int isa);
 int ob_get_isa(void);
 int ob_set_isa(int isa); /* -1 selects the best supported; returns 0 or -1 if unsupported */
 const char *ob_isa_name(int isa);
-void ob_set_num_threads(int n); /* 0 = OpenMP default */
+void ob_set_num_threads(int n); /* 0 = ob_default_threads() */
 int ob_get_num_threads(void);
+
+/* ob_pool.c: run fn(ctx, id, nt) for id in [0, nt), part 0 on the calling thread; returns
+ * when all parts are done.  nt may be reduced (pool busy with another caller: 1). */
+typedef void (*ob_task_fn)(void *ctx, int id, int nt);
+void ob_parallel(int nt, ob_task_fn fn, void *ctx);
+/* OMP_NUM_THREADS when set, else the CPUs this process may run on. */
+int ob_default_threads(void);
 
 int ob_pack_bits(const float *x, uint64_t *out, int64_t M, int64_t K, int threads);
 int ob_xnor_gemm(const uint64_t *a, const uint64_t *b, int32_t *c, int64_t M, int64_t N,

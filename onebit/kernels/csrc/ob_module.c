@@ -8,6 +8,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <time.h>
 
 #include "ob_kernels.h"
 
@@ -60,33 +61,91 @@ static PyObject *py_pack_bits(PyObject *self, PyObject *args) {
     return finish(err);
 }
 
-/* xnor_gemm(a: u64 (M, Kw), b: u64 (N, Kw), out: i32 (M, N), M, N, K, threads) */
-static PyObject *py_xnor_gemm(PyObject *self, PyObject *args) {
-    (void)self;
+typedef struct {
     Py_buffer a, b, out;
     long long M, N, K;
     int threads;
-    if (!PyArg_ParseTuple(args, "y*y*w*LLLi", &a, &b, &out, &M, &N, &K, &threads)) return NULL;
+} xnor_call;
+
+static void xnor_release(xnor_call *c) {
+    PyBuffer_Release(&c->a);
+    PyBuffer_Release(&c->b);
+    PyBuffer_Release(&c->out);
+}
+
+/* Checks the sizes of an xnor_gemm call whose buffers are acquired; releases them on error. */
+static int xnor_check(xnor_call *c) {
     int64_t akw = 0, bkw = 0, mn = 0;
-    int err = 0;
-    if (K < 0 || K > INT32_MAX || check_dims(M, (K + 63) / 64, &akw, "xnor_gemm") ||
-        check_dims(N, (K + 63) / 64, &bkw, "xnor_gemm") || check_dims(M, N, &mn, "xnor_gemm") ||
-        check_size(&a, akw, 8, "a") || check_size(&b, bkw, 8, "b") ||
-        check_size(&out, mn, 4, "out")) {
+    const long long K = c->K;
+    if (K < 0 || K > INT32_MAX || check_dims(c->M, (K + 63) / 64, &akw, "xnor_gemm") ||
+        check_dims(c->N, (K + 63) / 64, &bkw, "xnor_gemm") ||
+        check_dims(c->M, c->N, &mn, "xnor_gemm") || check_size(&c->a, akw, 8, "a") ||
+        check_size(&c->b, bkw, 8, "b") || check_size(&c->out, mn, 4, "out")) {
         if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_ValueError, "xnor_gemm: K must be in [0, 2**31)");
         }
-        PyBuffer_Release(&a);
-        PyBuffer_Release(&b);
-        PyBuffer_Release(&out);
+        xnor_release(c);
+        return -1;
+    }
+    return 0;
+}
+
+static int xnor_run(const xnor_call *c) {
+    return ob_xnor_gemm((const uint64_t *)c->a.buf, (const uint64_t *)c->b.buf,
+                        (int32_t *)c->out.buf, c->M, c->N, c->K, c->threads);
+}
+
+/* xnor_gemm(a: u64 (M, Kw), b: u64 (N, Kw), out: i32 (M, N), M, N, K, threads) */
+static PyObject *py_xnor_gemm(PyObject *self, PyObject *args) {
+    (void)self;
+    xnor_call c;
+    if (!PyArg_ParseTuple(args, "y*y*w*LLLi", &c.a, &c.b, &c.out, &c.M, &c.N, &c.K,
+                          &c.threads) ||
+        xnor_check(&c)) {
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS err = ob_xnor_gemm((const uint64_t *)a.buf, (const uint64_t *)b.buf,
-                                              (int32_t *)out.buf, M, N, K, threads);
-    Py_END_ALLOW_THREADS PyBuffer_Release(&a);
-    PyBuffer_Release(&b);
-    PyBuffer_Release(&out);
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS err = xnor_run(&c);
+    Py_END_ALLOW_THREADS xnor_release(&c);
     return finish(err);
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* time_xnor_gemm(a, b, out, M, N, K, threads, calls) -> list of seconds, one per call.
+ * For benchmarks: the kernel alone, timed in C, without the interpreter's ~1 us per call. */
+static PyObject *py_time_xnor_gemm(PyObject *self, PyObject *args) {
+    (void)self;
+    xnor_call c;
+    int calls;
+    if (!PyArg_ParseTuple(args, "y*y*w*LLLii", &c.a, &c.b, &c.out, &c.M, &c.N, &c.K,
+                          &c.threads, &calls) ||
+        xnor_check(&c)) {
+        return NULL;
+    }
+    if (calls < 1) calls = 1;
+    double *t = (double *)PyMem_Malloc((size_t)calls * sizeof(double));
+    if (t == NULL) {
+        xnor_release(&c);
+        return PyErr_NoMemory();
+    }
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS for (int i = 0; i < calls && !err; i++) {
+        const double t0 = now_s();
+        err = xnor_run(&c);
+        t[i] = now_s() - t0;
+    }
+    Py_END_ALLOW_THREADS xnor_release(&c);
+    PyObject *out = err ? PyErr_NoMemory() : PyList_New(calls);
+    for (int i = 0; out != NULL && !err && i < calls; i++) {
+        PyList_SET_ITEM(out, i, PyFloat_FromDouble(t[i]));
+    }
+    PyMem_Free(t);
+    return out;
 }
 
 /* Optional float buffer: None -> not used. */
@@ -323,6 +382,8 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
 static PyMethodDef methods[] = {
     {"pack_bits", py_pack_bits, METH_VARARGS, "pack_bits(x, out, M, K, threads)"},
     {"xnor_gemm", py_xnor_gemm, METH_VARARGS, "xnor_gemm(a, b, out, M, N, K, threads)"},
+    {"time_xnor_gemm", py_time_xnor_gemm, METH_VARARGS,
+     "time_xnor_gemm(a, b, out, M, N, K, threads, calls) -> seconds of each call"},
     {"binary_float_gemm", py_binary_float_gemm, METH_VARARGS,
      "binary_float_gemm(x, w, alpha, bias, out, M, N, K, threads)"},
     {"binary_conv2d", py_binary_conv2d, METH_VARARGS,
@@ -334,7 +395,7 @@ static PyMethodDef methods[] = {
     {"available_isas", py_available_isas, METH_NOARGS, "ISAs this CPU can run, best first."},
     {"get_isa", py_get_isa, METH_NOARGS, "The ISA the kernels dispatch to."},
     {"set_isa", py_set_isa, METH_O, "Force an ISA by name; None restores the best one."},
-    {"set_num_threads", py_set_num_threads, METH_O, "Global thread count (0 = OpenMP default)."},
+    {"set_num_threads", py_set_num_threads, METH_O, "Global thread count (0 = OMP_NUM_THREADS or the CPU count)."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "Global thread count."},
     {NULL, NULL, 0, NULL},
 };
