@@ -311,6 +311,43 @@ def test_clamp_in_place(n: int, threads: int) -> None:
         K.clamp_(np.zeros(4), -1.0, 1.0)
 
 
+@pytest.mark.parametrize(
+    "shape,ks,stride,pad",
+    [
+        ((1, 5, 7, 3), (3, 3), (1, 1), (1, 1)),
+        ((2, 4, 4, 1), (1, 1), (1, 1), (0, 0)),
+        ((3, 9, 6, 17), (2, 3), (2, 1), (0, 2)),
+        ((1, 6, 6, 64), (5, 5), (2, 2), (2, 2)),
+        ((2, 3, 3, 5), (3, 3), (1, 1), (2, 2)),  # padding wider than the image: zero rows
+        ((1, 1, 1, 2), (1, 1), (3, 3), (0, 0)),
+    ],
+)
+@pytest.mark.parametrize("threads", (1, 2))
+def test_im2col_equals_reference(isa: str, shape, ks, stride, pad, threads: int) -> None:
+    x = randn(rng(13), *shape)
+    expected = R.im2col(x, ks, stride, pad)
+    got = K.im2col(x, ks, stride, pad, threads=threads)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    # and it is what a convolution multiplies: patches @ weights == F.conv2d
+    wt = randn(rng(14), 4, shape[3], *ks)
+    y = got @ wt.transpose(0, 2, 3, 1).reshape(4, -1).T
+    ref = F.conv2d(
+        torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(wt), stride=stride, padding=pad
+    ).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(y.reshape(ref.shape), ref.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_im2col_rejects_bad_geometry() -> None:
+    x = np.zeros((1, 2, 2, 3), np.float32)
+    with pytest.raises(K.KernelInputError, match="does not fit"):
+        K.im2col(x, 3)
+    with pytest.raises(K.KernelInputError, match="stride >= 1"):
+        K.im2col(x, 1, stride=0)
+    with pytest.raises(K.KernelInputError, match="4-D"):
+        K.im2col(x[0], 1)
+
+
 def test_threads_agree(isa: str) -> None:
     g = rng(7)
     a = R.pack_bits(randn(g, 64, 700))

@@ -43,6 +43,7 @@ __all__ = [
     "conv_output_size",
     "get_isa",
     "get_num_threads",
+    "im2col",
     "native_available",
     "num_words",
     "pack_bits",
@@ -412,6 +413,46 @@ def scale_bias(
         return reference.scale_bias(ya, al, be)
     out = np.empty((m, n), dtype=np.float32)
     _native.scale_bias(ya, al, be, out, m, n, t)
+    return out
+
+
+def im2col(
+    x: npt.ArrayLike,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    *,
+    threads: int | None = None,
+) -> npt.NDArray[np.float32]:
+    """Float patches of an NHWC image batch, for a convolution as one GEMM.
+
+    ``x`` is float32 ``(N, H, W, C)``; the result is float32 ``(N * Ho * Wo, kh * kw * C)``
+    whose row ``(n, oy, ox)`` holds ``x[n, oy * sh - ph + ky, ox * sw - pw + kx, :]`` for
+    ``ky, kx`` in order, zero where a tap falls in the padding (see
+    :func:`onebit.kernels.reference.im2col`).  The copy is exact.
+    """
+    xa = _array(x, np.float32, 4, "x")
+    ks, st, pd = (
+        _pair(kernel_size, "kernel_size"),
+        _pair(stride, "stride"),
+        _pair(padding, "padding"),
+    )
+    n, h, w, c = xa.shape
+    if min(ks) < 1 or min(st) < 1 or min(pd) < 0 or c < 1:
+        raise KernelInputError(
+            f"im2col needs kernel_size >= 1, stride >= 1, padding >= 0 and C >= 1; got "
+            f"kernel_size={ks}, stride={st}, padding={pd}, C={c}."
+        )
+    if h + 2 * pd[0] < ks[0] or w + 2 * pd[1] < ks[1]:
+        raise KernelInputError(f"a {ks[0]}x{ks[1]} kernel does not fit a padded {h}x{w} image.")
+    t = _threads(threads)
+    if _native is None:
+        _fallback()
+        return reference.im2col(xa, ks, st, pd)
+    ho = conv_output_size(h, ks[0], st[0], pd[0])
+    wo = conv_output_size(w, ks[1], st[1], pd[1])
+    out = np.empty((n * ho * wo, ks[0] * ks[1] * c), dtype=np.float32)
+    _native.im2col_f32(xa, out, n, h, w, c, ks[0], ks[1], st[0], st[1], pd[0], pd[1], t)
     return out
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "binary_float_gemm",
     "clamp_",
     "conv_output_size",
+    "im2col",
     "num_words",
     "pack_bits",
     "pack_conv_weight",
@@ -110,6 +111,28 @@ def binary_float_gemm(
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     """Output length of a convolution along one axis."""
     return (size + 2 * padding - kernel) // stride + 1
+
+
+def im2col(
+    x: npt.NDArray[np.float32],
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+) -> npt.NDArray[np.float32]:
+    """NHWC float ``x`` -> ``(N * Ho * Wo, kh * kw * C)`` patches, zero padded.
+
+    Row ``(n, oy, ox)`` holds ``x[n, oy * sh - ph + ky, ox * sw - pw + kx, :]`` for ``ky, kx``
+    in order, with zeros where a tap falls in the padding.
+    """
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    n, c = x.shape[0], x.shape[3]
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
+    ho, wo = win.shape[1], win.shape[2]
+    # (N, Ho, Wo, C, kh, kw) -> (N, Ho, Wo, kh, kw, C)
+    cols = np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3), dtype=np.float32)
+    return cols.reshape(n * ho * wo, kh * kw * c)
 
 
 def pack_conv_weight(w: npt.NDArray[np.float32]) -> npt.NDArray[np.uint64]:

@@ -647,3 +647,52 @@ int ob_clamp_f32(float *x, int64_t n, float lo, float hi, int threads) {
     const int t = resolve_threads(threads, (double)n, 1 << 16);
     return run_2d(t, n, 1, 16, 1, clamp_range, &c);
 }
+
+/* --------------------------------------------------------------- im2col_f32 */
+
+typedef struct {
+    const float *x;
+    float *out;
+    int64_t H, W, C, Ho, Wo;
+    int KH, KW, sh, sw, ph, pw;
+} im2col_f32_ctx;
+
+/* Rows [r0, r1) of the patch matrix: row (n, oy, ox) holds x[n, oy*sh - ph + ky,
+ * ox*sw - pw + kx, :] for ky, kx in order, zeros where the tap falls in the padding. In NHWC
+ * the in-range taps of one kernel row are contiguous, so each becomes one memcpy. */
+static int im2col_f32_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+    const im2col_f32_ctx *c = (const im2col_f32_ctx *)vctx;
+    (void)n0;
+    (void)n1;
+    const int64_t C = c->C, rowlen = (int64_t)c->KH * c->KW * C;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t ox = r % c->Wo, oy = (r / c->Wo) % c->Ho, n = r / (c->Wo * c->Ho);
+        float *dst = c->out + r * rowlen;
+        const int64_t ix0 = ox * c->sw - c->pw;
+        /* the taps kx in [k0, k1) land inside the image */
+        const int64_t k0 = ix0 < 0 ? -ix0 : 0;
+        const int64_t k1 = ob_min64(c->KW, c->W - ix0);
+        for (int ky = 0; ky < c->KH; ky++, dst += (int64_t)c->KW * C) {
+            const int64_t iy = oy * c->sh - c->ph + ky;
+            if (iy < 0 || iy >= c->H || k1 <= k0) {
+                memset(dst, 0, (size_t)(c->KW * C) * sizeof(float));
+                continue;
+            }
+            if (k0 > 0) memset(dst, 0, (size_t)(k0 * C) * sizeof(float));
+            memcpy(dst + k0 * C, c->x + ((n * c->H + iy) * c->W + ix0 + k0) * C,
+                   (size_t)((k1 - k0) * C) * sizeof(float));
+            if (k1 < c->KW) memset(dst + k1 * C, 0, (size_t)((c->KW - k1) * C) * sizeof(float));
+        }
+    }
+    return 0;
+}
+
+int ob_im2col_f32(const float *x, float *out, int64_t B, int64_t H, int64_t W, int64_t C,
+                  int KH, int KW, int sh, int sw, int ph, int pw, int threads) {
+    const int64_t Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
+    const int64_t rows = B * Ho * Wo;
+    if (rows <= 0 || C <= 0) return 0;
+    im2col_f32_ctx c = {x, out, H, W, C, Ho, Wo, KH, KW, sh, sw, ph, pw};
+    const int t = resolve_threads(threads, (double)rows * (double)(KH * KW * C), 1 << 15);
+    return run_2d(t, rows, 1, 1, 1, im2col_f32_range, &c);
+}

@@ -116,5 +116,8 @@ int ob_threshold_sign_i32(const int32_t *y, const float *thr, const uint8_t *fli
 int ob_scale_bias(const int32_t *y, const float *alpha, const float *beta, float *out,
                   int64_t M, int64_t N, int threads);
 int ob_clamp_f32(float *x, int64_t n, float lo, float hi, int threads);
+/* float32 NHWC x (B, H, W, C) -> patches (B * Ho * Wo, KH * KW * C), zero padded. */
+int ob_im2col_f32(const float *x, float *out, int64_t B, int64_t H, int64_t W, int64_t C,
+                  int KH, int KW, int sh, int sw, int ph, int pw, int threads);
 
 #endif /* ONEBIT_OB_KERNELS_H */

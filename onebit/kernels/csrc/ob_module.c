@@ -235,6 +235,43 @@ static PyObject *py_binary_conv2d(PyObject *self, PyObject *args) {
     return finish(err);
 }
 
+/* im2col_f32(x: f32 (B, H, W, C), out: f32 (B*Ho*Wo, KH*KW*C), B, H, W, C, KH, KW, sh, sw,
+ *            ph, pw, threads) */
+static PyObject *py_im2col_f32(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer x, out;
+    long long B, H, W, C, KH, KW, sh, sw, ph, pw;
+    int threads, err = 0;
+    if (!PyArg_ParseTuple(args, "y*w*LLLLLLLLLLi", &x, &out, &B, &H, &W, &C, &KH, &KW, &sh,
+                          &sw, &ph, &pw, &threads))
+        return NULL;
+    int bad = 0;
+    if (B < 0 || H < 0 || W < 0 || C < 1 || KH < 1 || KW < 1 || sh < 1 || sw < 1 || ph < 0 ||
+        pw < 0 || H + 2 * ph < KH || W + 2 * pw < KW || KH > 4096 || KW > 4096 ||
+        sh > INT32_MAX || sw > INT32_MAX || ph > INT32_MAX || pw > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "im2col_f32: invalid geometry");
+        bad = 1;
+    }
+    if (!bad) {
+        const int64_t Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
+        int64_t t1 = 0, t2 = 0, nx = 0, t3 = 0, no = 0;
+        bad = check_dims(B * H, W, &t1, "im2col_f32") || check_dims(t1, C, &nx, "im2col_f32") ||
+              check_dims(B * Ho, Wo, &t2, "im2col_f32") ||
+              check_dims(KH * KW, C, &t3, "im2col_f32") || check_dims(t2, t3, &no, "im2col_f32") ||
+              check_size(&x, nx, 4, "x") || check_size(&out, no, 4, "out");
+    }
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS err =
+            ob_im2col_f32((const float *)x.buf, (float *)out.buf, B, H, W, C, (int)KH, (int)KW,
+                          (int)sh, (int)sw, (int)ph, (int)pw, threads);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    if (bad) return NULL;
+    return finish(err);
+}
+
 /* threshold_sign(y: i32|f32 (M, N), thr: f32 (N,), flip: u8 (N,), out: u64 (M, Nw),
  *                M, N, is_int, threads) */
 static PyObject *py_threshold_sign(PyObject *self, PyObject *args) {
@@ -388,6 +425,8 @@ static PyMethodDef methods[] = {
      "binary_float_gemm(x, w, alpha, bias, out, M, N, K, threads)"},
     {"binary_conv2d", py_binary_conv2d, METH_VARARGS,
      "binary_conv2d(x, w, out, B, H, W, Cin, Cout, KH, KW, sh, sw, ph, pw, threads)"},
+    {"im2col_f32", py_im2col_f32, METH_VARARGS,
+     "im2col_f32(x, out, B, H, W, C, KH, KW, sh, sw, ph, pw, threads)"},
     {"threshold_sign", py_threshold_sign, METH_VARARGS,
      "threshold_sign(y, thresh, flip, out, M, N, is_int, threads)"},
     {"scale_bias", py_scale_bias, METH_VARARGS, "scale_bias(y, alpha, beta, out, M, N, threads)"},
