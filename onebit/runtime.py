@@ -99,7 +99,9 @@ def _xnor_out(m: PackedModel, op: Op, acc: Array) -> Array:
     t = m.tensors
     if op.attrs.get("output") == "bits":
         return kernels.threshold_sign(
-            acc, t[op.tensors["thresh"]], t[op.tensors["flip"]].astype(bool)
+            acc,
+            t[op.tensors["thresh"]],
+            t[op.tensors["flip"]],  # uint8 0/1
         )
     return kernels.scale_bias(acc, t[op.tensors["alpha"]], t[op.tensors["beta"]])
 

@@ -195,7 +195,9 @@ def summarize(paths: list[str]) -> str:
         by.setdefault(r["method"], []).append(r)
 
     def ms(v: list[float]) -> str:
-        return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+        return (
+            f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+        )
 
     lines = [
         "| method | seeds | test acc % (best val) | test acc % (last) | s/epoch (fit) | threads |",
@@ -224,7 +226,9 @@ def main() -> None:
     ap.add_argument("--lr-final", type=float, default=1e-4)
     ap.add_argument("--val-size", type=int, default=10000)
     ap.add_argument("--bn", choices=("keras", "onebit"), default="keras")
-    ap.add_argument("--data", default=os.path.join(os.environ.get("ONEBIT_DATA", "."), "fashion-mnist"))
+    ap.add_argument(
+        "--data", default=os.path.join(os.environ.get("ONEBIT_DATA", "."), "fashion-mnist")
+    )
     ap.add_argument("--out", help="write the run's JSON here")
     ap.add_argument("--summarize", nargs="+", metavar="RUN_JSON", help="table of finished runs")
     args = ap.parse_args()
@@ -238,7 +242,9 @@ def main() -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
-    print(json.dumps({k: result[k] for k in ("method", "seed", "test_acc_last", "test_acc_best_val")}))
+    print(
+        json.dumps({k: result[k] for k in ("method", "seed", "test_acc_last", "test_acc_best_val")})
+    )
 
 
 if __name__ == "__main__":

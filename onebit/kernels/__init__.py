@@ -174,6 +174,8 @@ def _vector(x: object, n: int, name: str) -> np.ndarray:
 
 
 def _pair(v: int | tuple[int, int], name: str) -> tuple[int, int]:
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
+        return v  # fast path: the runtime passes prepared tuples on every call
     pair = (v, v) if isinstance(v, int) else tuple(v)
     if len(pair) != 2 or not all(isinstance(p, int) for p in pair):
         raise KernelInputError(f"{name} must be an int or a pair of ints, got {v!r}.")
@@ -382,6 +384,8 @@ def threshold_sign(
     th = _vector(thresh, n, "thresh")
     if flip is None:
         fl = np.zeros(n, dtype=np.uint8)
+    elif type(flip) is np.ndarray and flip.dtype == np.uint8 and flip.shape == (n,):
+        fl = np.ascontiguousarray(flip)  # 0/1 flags as stored in .onebit files: nonzero = flip
     else:
         fb = np.asarray(flip)
         if fb.shape != (n,):
