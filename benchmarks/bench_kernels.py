@@ -256,7 +256,9 @@ def targets(xnor: list, fgemm: list, conv: dict) -> dict[str, dict[str, object]]
     two = [r for r in xnor if r["threads"] == 2]
     if two:
         scale = min(r["speedup_vs_1_thread"] for r in two)
-        out["xnor_2_threads_ge_1.7x"] = {"value": scale, "met": scale >= 1.7}
+        out["xnor_2_threads_ge_1.7x"] = {"value": scale, "met": scale >= 1.7, "timed": "in C"}
+        call = min(r["call_speedup_vs_1_thread"] for r in two)
+        out["xnor_2_threads_per_python_call"] = {"value": call, "met": call >= 1.7}
     for m in (16, 64):
         r = row(fgemm, M=m, threads=1)
         out[f"float_gemm_M{m}_ge_2x_torch"] = {

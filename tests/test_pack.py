@@ -201,7 +201,8 @@ def test_xnor_layers_hand_bits_to_the_next(name):
 
 
 def test_binary_weight_conv_float_gemm_path_matches(monkeypatch):
-    """Large batches run binary-weight convs as a float GEMM on cached ±1 weights: same result."""
+    """Binary-weight convs with few output channels run as a float GEMM on cached ±1 weights,
+    the others through the binary x float kernel; forcing either path gives the same result."""
     import onebit.runtime as rt
 
     model = _model("resnet20", (3, 16, 16), {"width": 8}, BinaryConnect())
@@ -209,11 +210,13 @@ def test_binary_weight_conv_float_gemm_path_matches(monkeypatch):
     with torch.no_grad():
         ref = model(x).numpy()
     packed = pack(model, (3, 16, 16))
-    small = packed(x.numpy())
-    monkeypatch.setattr(rt, "FLOAT_GEMM_MIN_ROWS", 0)
-    large = packed(x.numpy())
+    monkeypatch.setattr(rt, "FLOAT_GEMM_MAX_COLS", 0)  # every conv through the kernel
+    kernel = packed(x.numpy())
+    assert not any(key[1] == "pm1" for key in packed.cache)
+    monkeypatch.setattr(rt, "FLOAT_GEMM_MAX_COLS", 10**6)  # every conv as a float GEMM
+    gemm = packed(x.numpy())
     assert any(key[1] == "pm1" for key in packed.cache)
-    for out in (small, large):
+    for out in (kernel, gemm):
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 

@@ -215,6 +215,32 @@ def summarize(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def side_by_side(paths: list[str], onebit_records: list[str]) -> str:
+    """Test accuracy at the best-validation epoch, Larq beside onebit records of the same
+    recipe (their results.json), mean ± std over seeds; 'n' is the number of seeds."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    cols = ["Larq 0.14"] + [Path(r).name for r in onebit_records]
+    tables = [
+        {row["method"]: row for row in json.loads((Path(r) / "results.json").read_text())["table"]}
+        for r in onebit_records
+    ]
+    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for m in ("fp", "bc", "bnn"):
+        acc = [r["test_acc_best_val"] for r in runs if r["method"] == m]
+        if not acc:
+            continue
+        cells = [f"{statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f} (n={len(acc)})"]
+        for t in tables:
+            row = t.get(m)
+            cells.append(
+                f"{row['test_best_val_mean']:.2f} ± {row['test_best_val_std']:.2f} (n={row['seeds']})"
+                if row
+                else "—"
+            )
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", choices=("fp", "bc", "bnn"))
@@ -231,9 +257,14 @@ def main() -> None:
     )
     ap.add_argument("--out", help="write the run's JSON here")
     ap.add_argument("--summarize", nargs="+", metavar="RUN_JSON", help="table of finished runs")
+    ap.add_argument(
+        "--onebit", nargs="+", metavar="RECORD", help="with --summarize: onebit records beside Larq"
+    )
     args = ap.parse_args()
     if args.summarize:
-        print(summarize(args.summarize))
+        print(
+            side_by_side(args.summarize, args.onebit) if args.onebit else summarize(args.summarize)
+        )
         return
     if args.method is None:
         ap.error("--method is required unless --summarize")
