@@ -14,7 +14,8 @@ Conv weights are packed as ``(Cout, KH, KW, ceil(Cin / 64))`` uint64 (see
 
 Threads: each op takes ``threads=``; ``None`` uses the global setting of
 :func:`set_num_threads`, whose default (0) is ``OMP_NUM_THREADS`` when set, else the CPUs this
-process may run on; it is independent of ``torch.set_num_threads``.  Small problems use fewer
+process may run on (read once, at the first kernel call); it is independent of
+``torch.set_num_threads``.  Small problems use fewer
 threads automatically.  The pool's idle workers busy-wait about 1 ms before they sleep, so calls
 in a row hand work over in about 0.2 us (an OpenMP parallel region cost about 1 us here).
 

@@ -153,7 +153,7 @@ void ob_parallel(int nt, ob_task_fn fn, void *ctx) {
     atomic_flag_clear_explicit(&g_busy, memory_order_release);
 }
 
-int ob_default_threads(void) {
+static int count_default_threads(void) {
     const char *env = getenv("OMP_NUM_THREADS");
     if (env != NULL && *env) {
         char *end = NULL;
@@ -169,4 +169,16 @@ int ob_default_threads(void) {
 #endif
     const long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (n < OB_POOL_MAX ? (int)n : OB_POOL_MAX) : 1;
+}
+
+/* Counted once: every kernel call with threads=None asks, and sched_getaffinity is a system
+ * call.  (A benign race: two first callers both count and store the same value.) */
+int ob_default_threads(void) {
+    static atomic_int cached = 0;
+    int n = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (n == 0) {
+        n = count_default_threads();
+        atomic_store_explicit(&cached, n, memory_order_relaxed);
+    }
+    return n;
 }
