@@ -94,7 +94,8 @@ class TrainConfig:
         optimizer: ``adam`` or ``sgd``.
         lr: initial learning rate.
         lr_final: last-epoch learning rate for ``exp`` and ``cosine`` schedules.
-        schedule: ``constant``, ``exp`` (geometric from lr to lr_final), ``cosine``,
+        schedule: ``constant``, ``exp`` (geometric from lr to lr_final, per epoch), ``exp_step``
+            (the same decay at every step, reaching lr_final at the end, as Keras), ``cosine``,
             ``multistep`` (times ``gamma`` at each of ``milestones``).
         milestones: epochs at which ``multistep`` multiplies the rate by ``gamma``.
         gamma: the ``multistep`` factor.
@@ -135,7 +136,7 @@ class TrainConfig:
 
 CHOICES = {
     ("train", "optimizer"): ("adam", "sgd"),
-    ("train", "schedule"): ("constant", "exp", "cosine", "multistep"),
+    ("train", "schedule"): ("constant", "exp", "exp_step", "cosine", "multistep"),
     ("train", "loss"): ("ce", "hinge"),
 }
 

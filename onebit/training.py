@@ -108,23 +108,38 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
-def lr_at(epoch: int, cfg: TrainConfig) -> float:
-    """Learning rate of ``epoch`` (0-based): a pure function of the epoch and the recipe.
+PER_STEP_SCHEDULES = frozenset({"exp_step"})
+"""Schedules whose rate changes every optimizer step, not once per epoch."""
+
+
+def lr_at(epoch: int, cfg: TrainConfig, frac: float = 0.0) -> float:
+    """Learning rate of ``epoch`` (0-based), ``frac`` of the way through it (per-step schedules
+    only): a pure function of the position in training and the recipe.
 
     - ``constant``: ``lr``;
-    - ``exp``: ``lr * (lr_final / lr) ** (epoch / (epochs - 1))``, geometric from lr to lr_final;
+    - ``exp``: ``lr * (lr_final / lr) ** (epoch / (epochs - 1))``, geometric from lr to lr_final,
+      one rate per epoch (the last epoch runs at lr_final);
+    - ``exp_step``: ``lr * (lr_final / lr) ** ((epoch + frac) / epochs)``, the same decay applied
+      at every step and reaching lr_final at the end of training, as Keras' ``ExponentialDecay``;
     - ``cosine``: ``lr_final + (lr - lr_final) * (1 + cos(pi * epoch / epochs)) / 2``;
     - ``multistep``: ``lr * gamma ** (number of milestones <= epoch)``.
     """
     final = cfg.lr_final if cfg.lr_final is not None else 0.0
-    if cfg.schedule == "exp":
+    if cfg.schedule in ("exp", "exp_step"):
         final = cfg.lr_final if cfg.lr_final is not None else cfg.lr * 0.1
+        if cfg.schedule == "exp_step":
+            return cfg.lr * (final / cfg.lr) ** ((epoch + frac) / max(1, cfg.epochs))
         return cfg.lr * (final / cfg.lr) ** (epoch / max(1, cfg.epochs - 1))
     if cfg.schedule == "cosine":
         return final + (cfg.lr - final) * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
     if cfg.schedule == "multistep":
         return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
     return cfg.lr
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
 
 
 def make_optimizer(
@@ -389,8 +404,7 @@ def train(
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         lr = lr_at(epoch, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr * g.get("lr_scale", 1.0)
+        _set_lr(opt, lr)
         method.on_epoch_start(model, epoch, cfg.epochs)
         signs_before = weight_signs(model)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -411,7 +425,11 @@ def train(
         tot_loss = torch.zeros(())
         tot_correct = torch.zeros((), dtype=torch.long)
         seen = 0
-        for x, y in bar:
+        per_step = cfg.schedule in PER_STEP_SCHEDULES
+        for i, (x, y) in enumerate(bar):
+            if per_step:
+                lr = lr_at(epoch, cfg, i / steps)
+                _set_lr(opt, lr)
             logits = net(x)
             loss = method.training_loss(model, x, logits, y, loss_fn(logits, y))
             opt.zero_grad(set_to_none=True)

@@ -27,6 +27,28 @@ def test_lr_schedules():
     ms = TrainConfig(lr=0.01, schedule="multistep", milestones=[2, 4], gamma=0.1)
     assert [lr_at(e, ms) for e in range(5)] == pytest.approx([0.01, 0.01, 1e-3, 1e-3, 1e-4])
     assert lr_at(7, TrainConfig(lr=0.5)) == 0.5
+    step = TrainConfig(epochs=10, lr=1e-3, lr_final=1e-4, schedule="exp_step")
+    assert lr_at(0, step) == pytest.approx(1e-3) and lr_at(9, step, 1.0) == pytest.approx(1e-4)
+    assert lr_at(4, step, 0.5) == pytest.approx(1e-3 * 0.1**0.45)
+
+
+def test_per_step_schedule_sets_the_rate_at_every_step(tmp_path):
+    """With ``exp_step`` the optimizer's rate falls within an epoch, step by step."""
+    data = tiny_dataset(shape=(16,), n_train=128)
+    model, method = _model()
+    seen: list[float] = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=1e-2, lr_final=1e-3, schedule="exp_step")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.Adam, "step", spy)
+        train(model, method, data, cfg, run_dir=tmp_path)
+    assert len(seen) == 8  # 2 epochs of 4 steps; group 0 carries BinaryConnect's lr_scale
+    assert [r / seen[0] for r in seen] == pytest.approx([0.1 ** (i / 8) for i in range(8)])
 
 
 def test_squared_hinge_formula():
