@@ -69,11 +69,6 @@ class Op:
 Array = npt.NDArray[Any]
 
 
-def _im2col(x: Array, kh: int, kw: int, stride: tuple[int, int], pad: tuple[int, int]) -> Array:
-    """NHWC float ``x`` -> ``(N * Ho * Wo, kh * kw * C)`` patches, zero padded (float layers)."""
-    return kernels.im2col(x, (kh, kw), stride, pad)
-
-
 def _conv_out(n: int, k: int, s: int, p: int) -> int:
     return (n + 2 * p - k) // s + 1
 
@@ -185,7 +180,7 @@ def _conv(m: PackedModel, op: Op, x: Array) -> Array:
         )
         y = _xnor_out(m, op, acc.reshape(-1, cout))
         return y.reshape(n, ho, wo, -1)
-    cols = _im2col(x, kh, kw, stride, pad)  # (N*Ho*Wo, kh*kw*Cin)
+    cols = kernels.im2col(x, (kh, kw), stride, pad)  # (N*Ho*Wo, kh*kw*Cin), native
     if mode == "float":
         y = cols @ t[op.tensors["weight"]].T
         if "bias" in op.tensors:
