@@ -146,14 +146,11 @@ def _grouped_conv(m: PackedModel, op: Op, x: Array) -> Array:
     mode = a["mode"]
     if mode == "binary":
         x = np.where(x >= 0, np.float32(1), np.float32(-1))
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
-    n, ho, wo = win.shape[:3]
-    # (N, Ho, Wo, C, kh, kw) -> (N, Ho, Wo, g, kh, kw, C/g) -> (N*Ho*Wo, g, kh*kw*C/g)
-    cols = win.reshape(n, ho, wo, g, cg, kh, kw).transpose(0, 1, 2, 3, 5, 6, 4)
-    cols = np.ascontiguousarray(cols, dtype=np.float32).reshape(n * ho * wo, g, -1)
+    cols = kernels.im2col(x, (kh, kw), (sh, sw), (ph, pw))  # (N*Ho*Wo, kh*kw*C), native
+    n, ho, wo = x.shape[0], _conv_out(x.shape[1], kh, sh, ph), _conv_out(x.shape[2], kw, sw, pw)
+    # (M, kh, kw, g, C/g) -> (M, g, kh, kw, C/g): each group's patch as one row
     k = kh * kw * cg
+    cols = cols.reshape(-1, kh, kw, g, cg).transpose(0, 3, 1, 2, 4).reshape(-1, g, k)
     wt = t[op.tensors["weight"]] if mode == "float" else _unpacked(m, op, k)
     y = np.einsum("mgk,gok->mgo", cols, wt.reshape(g, og, k), optimize=True).reshape(-1, cout)
     if mode == "float":

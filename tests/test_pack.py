@@ -246,3 +246,30 @@ def test_packed_inference_keeps_numpy_blas_on_one_thread(monkeypatch):
         assert [lib.get_num_threads() for lib in blas.lib_controllers] == [2] * len(
             blas.lib_controllers
         )
+
+
+@pytest.mark.parametrize("method", ["fp", "bwn", "bnn"])
+def test_grouped_conv_with_several_channels_per_group(method):
+    """groups=2 with 4 input channels per group, stride 2 and padding 1: the runtime's patches
+    must keep each group's channels together (depthwise nets only test one channel per group)."""
+    torch.manual_seed(0)
+    m = {"fp": None, "bwn": BWN(), "bnn": BNN()}[method]
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.Hardtanh(),
+        nn.Conv2d(8, 6, 3, stride=2, padding=1, groups=2, bias=False),
+        nn.BatchNorm2d(6),
+        nn.Hardtanh(),
+        nn.Flatten(),
+        nn.Linear(6 * 5 * 5, 4),
+    )
+    if m is not None:
+        onebit.binarize_(model, m)
+    _random_bn_(model)
+    model.eval()
+    x = torch.randn(3, 3, 9, 9)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = pack(model, (3, 9, 9))(x.numpy())
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

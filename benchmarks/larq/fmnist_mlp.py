@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import os
 import platform
@@ -215,27 +216,45 @@ def summarize(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def permutation_p(a: list[float], b: list[float]) -> float:
+    """Two-sided exact permutation p-value of the difference of means of ``a`` and ``b``: the
+    share of all relabellings of the pooled runs into groups of len(a) and len(b) whose
+    |mean difference| is at least the observed one.  Needs no normality assumption, which
+    three to eight seeds cannot check."""
+    pooled = a + b
+    total = sum(pooled)
+    observed = abs(statistics.mean(a) - statistics.mean(b))
+    hits = count = 0
+    for idx in itertools.combinations(range(len(pooled)), len(a)):
+        sa = sum(pooled[i] for i in idx)
+        diff = abs(sa / len(a) - (total - sa) / len(b))
+        hits += diff >= observed - 1e-9
+        count += 1
+    return hits / count
+
+
 def side_by_side(paths: list[str], onebit_records: list[str]) -> str:
     """Test accuracy at the best-validation epoch, Larq beside onebit records of the same
-    recipe (their results.json), mean ± std over seeds; 'n' is the number of seeds."""
+    recipe (their results.json), mean ± std over seeds; 'n' is the number of seeds.  Each
+    onebit cell also gives its difference from Larq and the permutation p-value of it."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
     cols = ["Larq 0.14"] + [Path(r).name for r in onebit_records]
-    tables = [
-        {row["method"]: row for row in json.loads((Path(r) / "results.json").read_text())["table"]}
-        for r in onebit_records
-    ]
+    records = [json.loads((Path(r) / "results.json").read_text())["runs"] for r in onebit_records]
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for m in ("fp", "bc", "bnn"):
         acc = [r["test_acc_best_val"] for r in runs if r["method"] == m]
         if not acc:
             continue
         cells = [f"{statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f} (n={len(acc)})"]
-        for t in tables:
-            row = t.get(m)
+        for rec in records:
+            ours = [100 * r["test_acc_best_val"] for r in rec if r["method"] == m]
+            if len(ours) < 2:
+                cells.append("—")
+                continue
+            diff = statistics.mean(ours) - statistics.mean(acc)
             cells.append(
-                f"{row['test_best_val_mean']:.2f} ± {row['test_best_val_std']:.2f} (n={row['seeds']})"
-                if row
-                else "—"
+                f"{statistics.mean(ours):.2f} ± {statistics.stdev(ours):.2f} (n={len(ours)}); "
+                f"{diff:+.2f}, p={permutation_p(ours, acc):.2f}"
             )
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
