@@ -242,9 +242,9 @@ def _state(job: Job) -> tuple[str, Job]:
     cfg_file = d / "config.json"
     if not cfg_file.is_file():
         return "new", job
-    try:
-        saved = json.loads(cfg_file.read_text())
-    except ValueError:
+    try:  # through Config: keys added to onebit since the folder was written read as defaults
+        saved = _plain(Config.from_dict(json.loads(cfg_file.read_text())).to_dict())
+    except (ValueError, OnebitError):
         saved = None
     want = _plain(job.cfg.to_dict())
     if isinstance(saved, dict) and {**saved, "out": want["out"]} == want:

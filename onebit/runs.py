@@ -172,7 +172,8 @@ def run(
     if out is not None and is_main:
         out.mkdir(parents=True, exist_ok=True)
         if resume and (out / "config.json").exists():
-            saved = json.loads((out / "config.json").read_text())
+            # through Config: keys added to onebit since the folder was written read as defaults
+            saved = Config.from_dict(json.loads((out / "config.json").read_text())).to_dict()
             # where the runs folder is spelled from does not change the run
             if {**saved, "out": None} != {**cfg.to_dict(), "out": None}:
                 raise OnebitError(
