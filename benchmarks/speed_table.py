@@ -86,22 +86,32 @@ def main() -> None:
             f"| {case['case']} | {fb / 2**20:.2f} MiB | {pb / 2**20:.3f} MiB | {fb / pb:.0f}x | "
             f"{case['model_float_bytes'] / 2**20:.2f} MiB | {case['model_packed_bytes'] / 2**20:.3f} MiB |"
         )
-    ms = step["median_step_ms"]
+    ms, auto = step["median_step_ms"], step["gemm_auto"]
+    speedup = step["speedup_numpy_over_torch_gemm"]
     out += [
         "",
-        f"Training step, MLP 784-2048x3-10, batch 100, Adam, {step['threads']} threads: float "
-        f"{ms['fp']:.1f} ms, BinaryConnect {ms['bc']:.1f} ms: **{step['ratio_bc_over_fp']:.2f}x** "
-        "the float step (no torch.compile: the binarization writes into a preallocated buffer and "
-        "the optimizer is torch's fused Adam).",
+        f"Training step, MLP 784-2048x3-10, batch 100, Adam, {step['threads']} threads, with the "
+        f'linear layers\' products in {auto} (`train.gemm = "auto"` here): float '
+        f"{ms['fp/' + auto]:.1f} ms, BinaryConnect {ms['bc/' + auto]:.1f} ms: "
+        f"**{step['ratio_bc_over_fp']:.2f}x** the float step (no torch.compile: the binarization "
+        "writes into a preallocated buffer and the optimizer is torch's fused Adam). numpy's "
+        f"OpenBLAS against torch's MKL for the same steps: {speedup['fp']:.2f}x (float), "
+        f"{speedup['bc']:.2f}x (BinaryConnect) faster.",
     ]
     if (folder / "epoch_time.json").is_file():
-        rows = load(folder, "epoch_time.json")
-        times = ", ".join(f"{r['method']} {r['seconds']:.1f} s" for r in rows)
+        ep = load(folder, "epoch_time.json")
         out += [
             "",
-            "One epoch of the Fashion-MNIST MLP 784-2048x3-10 (50k examples, batch 100, Adam, "
-            f"BatchNorm after every layer), training plus validation and test, 2 threads: {times}.",
+            "Seconds per epoch of the Fashion-MNIST MLP recipe (50k examples, batch 100, Adam, "
+            f"BatchNorm after every layer), training plus validation, {ep['threads']} threads, "
+            f"last of {ep['epochs']} epochs, onebit and Larq 0.14 in the same run:",
+            "",
+            "| method | onebit | Larq 0.14 | onebit faster by |",
+            "|---|---|---|---|",
         ]
+        for r in ep["rows"]:
+            o, lq = r["onebit"]["train_val_s"], r["larq"]["train_val_s"]
+            out.append(f"| {r['method']} | {o:.1f} | {lq:.1f} | {lq / o:.2f}x |")
     out += [
         "",
         "Made with `benchmarks/speed_records.sh`.",

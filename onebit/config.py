@@ -109,7 +109,8 @@ class TrainConfig:
         compile: wrap the model in ``torch.compile``.
         gemm: BLAS of the linear layers' matrix products on the CPU: ``torch`` (MKL in torch's
             wheels), ``numpy`` (numpy's BLAS, OpenBLAS in its wheels; :mod:`onebit.gemm`) or
-            ``auto`` (``numpy`` on AMD CPUs with OpenBLAS, where MKL is about half as fast).
+            ``auto`` (``numpy`` for one-thread runs on AMD CPUs with OpenBLAS, where MKL is
+            slower; ``torch`` otherwise).
         channels_last: use the channels-last memory format for conv nets.
         eval_batch_size: batch size of evaluation.
         tensorboard: also write TensorBoard event files into the run folder (needs tensorboard).

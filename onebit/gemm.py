@@ -14,7 +14,8 @@ three products through numpy, with the same math:
     backward  dL/dx = g W,   dL/dW = g^T x,   dL/db = sum_rows g   (g = dL/dy)
 
 Everything else, autograd included, stays torch's. :func:`resolve` turns ``"auto"`` into
-``"numpy"`` on AMD CPUs when numpy's BLAS is OpenBLAS, else ``"torch"``.
+``"numpy"`` on AMD CPUs when numpy's BLAS is OpenBLAS and the run has one thread, else
+``"torch"``.
 """
 
 from __future__ import annotations
@@ -57,14 +58,20 @@ def _numpy_blas() -> str:
         return ""
 
 
-def resolve(backend: str) -> str:
-    """``torch`` or ``numpy`` for a configured ``train.gemm`` (``auto`` picks by CPU and BLAS)."""
+def resolve(backend: str, threads: int = 1) -> str:
+    """``torch`` or ``numpy`` for a configured ``train.gemm`` run on ``threads`` threads.
+
+    ``auto`` picks ``numpy`` on AMD CPUs whose numpy has OpenBLAS, and only for one thread: with
+    two, OpenBLAS's worker thread and torch's OpenMP workers each spin-wait for work between
+    calls and take the cores from each other (a training step got 2.8x slower here), while
+    MKL shares torch's own pool.
+    """
     if backend not in BACKENDS:
         raise OnebitError(f"unknown train.gemm {backend!r}; accepted: {', '.join(BACKENDS)}.")
     if backend != "auto":
         return backend
     amd = _cpu_vendor() == "AuthenticAMD"
-    return "numpy" if amd and "openblas" in _numpy_blas() else "torch"
+    return "numpy" if amd and threads == 1 and "openblas" in _numpy_blas() else "torch"
 
 
 class _NumpyMM(torch.autograd.Function):
@@ -131,16 +138,15 @@ class NumpyLinearMode(TorchFunctionMode):
 
 @contextlib.contextmanager
 def gemm_backend(backend: str, threads: int | None = None) -> Iterator[str]:
-    """Train under ``backend`` (``auto``, ``torch`` or ``numpy``); yields the resolved name.
-
-    With ``numpy``, numpy's BLAS gets ``threads`` threads (default: torch's count) for the
-    duration, so a one-thread run stays on one core.
-    """
-    name = resolve(backend)
+    """Train under ``backend`` (``auto``, ``torch`` or ``numpy``) on ``threads`` threads (default:
+    torch's count); yields the resolved name. With ``numpy``, numpy's BLAS gets the same number of
+    threads for the duration, so a one-thread run stays on one core."""
+    threads = threads or torch.get_num_threads()
+    name = resolve(backend, threads)
     if name == "torch":
         yield name
         return
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(threads or torch.get_num_threads(), user_api="blas"), NumpyLinearMode():
+    with threadpool_limits(threads, user_api="blas"), NumpyLinearMode():
         yield name

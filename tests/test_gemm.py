@@ -79,15 +79,17 @@ def test_the_mode_routes_linear_and_binary_linear_and_leaves_the_rest():
 
 
 def test_resolve(monkeypatch):
-    for vendor, blas, want in [
-        ("AuthenticAMD", "scipy-openblas", "numpy"),
-        ("AuthenticAMD", "accelerate", "torch"),
-        ("GenuineIntel", "scipy-openblas", "torch"),
+    for vendor, blas, threads, want in [
+        ("AuthenticAMD", "scipy-openblas", 1, "numpy"),
+        ("AuthenticAMD", "scipy-openblas", 2, "torch"),
+        ("AuthenticAMD", "accelerate", 1, "torch"),
+        ("GenuineIntel", "scipy-openblas", 1, "torch"),
     ]:
         monkeypatch.setattr(gemm, "_cpu_vendor", lambda v=vendor: v)
         monkeypatch.setattr(gemm, "_numpy_blas", lambda b=blas: b)
-        assert gemm.resolve("auto") == want
-        assert gemm.resolve("torch") == "torch" and gemm.resolve("numpy") == "numpy"
+        assert gemm.resolve("auto", threads) == want
+        assert gemm.resolve("torch", threads) == "torch"
+        assert gemm.resolve("numpy", threads) == "numpy"
     with pytest.raises(
         OnebitError, match=r"unknown train\.gemm 'mkl'; accepted: auto, torch, numpy"
     ):
