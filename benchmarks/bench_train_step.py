@@ -1,8 +1,7 @@
 """Time one training step of the MLP 784-2048-2048-2048-10 at batch 100: binarized (bc) vs float.
 
 Both are measured in the same run, interleaved, on the same thread count; the figure that matters is
-the ratio. Each is timed under both BLAS choices of ``train.gemm`` (torch's MKL and numpy's
-OpenBLAS, see onebit.gemm); the bc/fp ratio is quoted for the one ``auto`` picks here. Usage:
+the ratio. Usage:
 
     python benchmarks/bench_train_step.py [--threads 2] [--steps 50] [--out records/x.json]
 """
@@ -19,7 +18,6 @@ from torch.nn import functional as F
 
 import onebit
 from onebit.config import TrainConfig
-from onebit.gemm import gemm_backend, resolve
 from onebit.runs import environment
 from onebit.training import make_optimizer
 
@@ -58,28 +56,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     x = torch.randn(100, 1, 28, 28)
     y = torch.randint(0, 10, (100,))
-    models = {name: make(name, args.compile) for name in ("fp", "bc")}
-    keys = [(name, gemm) for gemm in ("torch", "numpy") for name in models]
-    for name, gemm in keys:
-        with gemm_backend(gemm, args.threads):
-            step_time(*models[name], x, y, 5)  # warm-up (and compilation)
-    samples: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
-    for _ in range(args.rounds):  # interleave so drift on a shared machine hits all alike
-        for name, gemm in keys:
-            with gemm_backend(gemm, args.threads):
-                samples[name, gemm] += step_time(*models[name], x, y, args.steps // args.rounds)
-    med = {k: statistics.median(s) for k, s in samples.items()}
-    auto = resolve("auto", args.threads)
+    runs = {name: make(name, args.compile) for name in ("fp", "bc")}
+    for r in runs.values():
+        step_time(*r, x, y, 5)  # warm-up (and compilation)
+    samples = {name: [] for name in runs}
+    for _ in range(args.rounds):  # interleave so drift on a shared machine hits both alike
+        for name, r in runs.items():
+            samples[name] += step_time(*r, x, y, args.steps // args.rounds)
+    med = {name: statistics.median(s) for name, s in samples.items()}
     result = {
         "benchmark": "train step, MLP 784-2048x3-10, batch 100, Adam",
         "threads": args.threads,
         "compile": args.compile,
-        "gemm_auto": auto,
-        "median_step_ms": {f"{n}/{g}": round(1000 * v, 2) for (n, g), v in med.items()},
-        "ratio_bc_over_fp": round(med["bc", auto] / med["fp", auto], 3),
-        "speedup_numpy_over_torch_gemm": {
-            n: round(med[n, "torch"] / med[n, "numpy"], 3) for n in models
-        },
+        "median_step_ms": {k: round(1000 * v, 2) for k, v in med.items()},
+        "ratio_bc_over_fp": round(med["bc"] / med["fp"], 3),
         "env": environment(),
     }
     text = json.dumps(result, indent=2)

@@ -86,17 +86,13 @@ def main() -> None:
             f"| {case['case']} | {fb / 2**20:.2f} MiB | {pb / 2**20:.3f} MiB | {fb / pb:.0f}x | "
             f"{case['model_float_bytes'] / 2**20:.2f} MiB | {case['model_packed_bytes'] / 2**20:.3f} MiB |"
         )
-    ms, auto = step["median_step_ms"], step["gemm_auto"]
-    speedup = step["speedup_numpy_over_torch_gemm"]
+    ms = step["median_step_ms"]
     out += [
         "",
-        f"Training step, MLP 784-2048x3-10, batch 100, Adam, {step['threads']} threads, with the "
-        f'linear layers\' products in {auto} (`train.gemm = "auto"` here): float '
-        f"{ms['fp/' + auto]:.1f} ms, BinaryConnect {ms['bc/' + auto]:.1f} ms: "
-        f"**{step['ratio_bc_over_fp']:.2f}x** the float step (no torch.compile: the binarization "
-        "writes into a preallocated buffer and the optimizer is torch's fused Adam). numpy's "
-        f"OpenBLAS against torch's MKL for the same steps: {speedup['fp']:.2f}x (float), "
-        f"{speedup['bc']:.2f}x (BinaryConnect) faster.",
+        f"Training step, MLP 784-2048x3-10, batch 100, Adam, {step['threads']} threads: float "
+        f"{ms['fp']:.1f} ms, BinaryConnect {ms['bc']:.1f} ms: **{step['ratio_bc_over_fp']:.2f}x** "
+        "the float step (no torch.compile: the binarization writes into a preallocated buffer and "
+        "the optimizer is torch's fused Adam).",
     ]
     if (folder / "epoch_time.json").is_file():
         ep = load(folder, "epoch_time.json")
@@ -104,14 +100,15 @@ def main() -> None:
             "",
             "Seconds per epoch of the Fashion-MNIST MLP recipe (50k examples, batch 100, Adam, "
             f"BatchNorm after every layer), training plus validation, {ep['threads']} threads, "
-            f"last of {ep['epochs']} epochs, onebit and Larq 0.14 in the same run:",
+            f"last of {ep['epochs']} epochs, median of {ep['repeats']} passes, onebit and Larq 0.14 "
+            "in the same run:",
             "",
             "| method | onebit | Larq 0.14 | onebit faster by |",
             "|---|---|---|---|",
         ]
-        for r in ep["rows"]:
-            o, lq = r["onebit"]["train_val_s"], r["larq"]["train_val_s"]
-            out.append(f"| {r['method']} | {o:.1f} | {lq:.1f} | {lq / o:.2f}x |")
+        for m, r in ep["median"].items():
+            o, lq = r["onebit"], r["larq"]
+            out.append(f"| {m} | {o:.1f} | {lq:.1f} | {lq / o:.2f}x |")
     out += [
         "",
         "Made with `benchmarks/speed_records.sh`.",

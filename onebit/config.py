@@ -107,10 +107,6 @@ class TrainConfig:
         threads: torch threads per process (0: all cores divided by the number of processes).
         deterministic: ask torch for deterministic algorithms.
         compile: wrap the model in ``torch.compile``.
-        gemm: BLAS of the linear layers' matrix products on the CPU: ``torch`` (MKL in torch's
-            wheels), ``numpy`` (numpy's BLAS, OpenBLAS in its wheels; :mod:`onebit.gemm`) or
-            ``auto`` (``numpy`` for one-thread runs on AMD CPUs with OpenBLAS, where MKL is
-            slower; ``torch`` otherwise).
         channels_last: use the channels-last memory format for conv nets.
         eval_batch_size: batch size of evaluation.
         tensorboard: also write TensorBoard event files into the run folder (needs tensorboard).
@@ -133,7 +129,6 @@ class TrainConfig:
     threads: int = 0
     deterministic: bool = True
     compile: bool = False
-    gemm: str = "auto"
     channels_last: bool = True
     eval_batch_size: int = 1000
     tensorboard: bool = False
@@ -141,7 +136,6 @@ class TrainConfig:
 
 CHOICES = {
     ("train", "optimizer"): ("adam", "sgd"),
-    ("train", "gemm"): ("auto", "torch", "numpy"),
     ("train", "schedule"): ("constant", "exp", "exp_step", "cosine", "multistep"),
     ("train", "loss"): ("ce", "hinge"),
 }

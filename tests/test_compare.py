@@ -250,14 +250,14 @@ def test_workers_exit_when_the_compare_process_is_killed(tmp_path):
 def test_a_folder_written_before_a_config_key_existed_still_counts_as_finished(
     comparison, tmp_path
 ):
-    """A run folder whose config.json lacks a key onebit added later (here ``train.gemm``)
-    reads that key as its default: the grid does not call it another config."""
+    """A run folder whose config.json lacks a key onebit added later (as if ``train.tensorboard``
+    were new) reads that key as its default: the grid does not call it another config."""
     out = tmp_path / "runs"
     shutil.copytree(comparison / "runs", out)
     for k in GRID:
         path = out / "tiny" / k / "config.json"
         saved = json.loads(path.read_text())
-        del saved["train"]["gemm"]
+        del saved["train"]["tensorboard"]
         path.write_text(json.dumps(saved))
     cfg_obj = load_config(comparison / "tiny.toml", [f'out="{out}"'])
     res = compare(cfg_obj, ["fp", "bc"], [0, 1], workers=1, plots=False)

@@ -1,10 +1,10 @@
 """Seconds per epoch of the Fashion-MNIST MLP recipe: onebit beside Larq 0.14, same machine, same
 run of this script, 2 threads each (the foundation issue's setting).
 
-For each method (fp, bc, bnn) it trains onebit (its defaults, ``train.gemm = "auto"``) and then
-Larq (``benchmarks/larq/fmnist_mlp.py``), one after the other so that drift of a shared host hits
-both alike, each for ``--epochs`` epochs, and keeps the last epoch (the first one carries
-TensorFlow's graph tracing).
+For each method (fp, bc, bnn) it trains onebit and Larq (``benchmarks/larq/fmnist_mlp.py``) one
+after the other, so that drift of a shared host hits both alike, each for ``--epochs`` epochs, and
+keeps the last epoch (the first one carries TensorFlow's graph tracing). ``--repeats`` passes
+alternate which library goes first; the table gives the median over passes.
 
 Compared figures, per epoch: training plus validation (Keras ``fit`` time for Larq,
 ``train_seconds`` plus the validation pass for onebit) and the same plus the test pass.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,42 +57,60 @@ def larq_epoch(method: str, epochs: int, threads: int, tmp: Path) -> dict:
     return {"train_val_s": last["fit_s"], "total_s": last["fit_s"] + last["test_s"]}
 
 
+def median_table(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per method, the median over passes of each library's training + validation seconds."""
+    out: dict[str, dict[str, float]] = {}
+    for m in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == m]
+        out[m] = {
+            lib: statistics.median(r[lib]["train_val_s"] for r in mine)
+            for lib in ("onebit", "larq")
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default="fp,bc,bnn")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2, help="passes, alternating the order")
     ap.add_argument("--out", help="write the JSON record here")
     args = ap.parse_args()
     if not LARQ_PY.exists():
         raise SystemExit("no Larq environment: run bash benchmarks/larq/setup.sh first.")
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        for m in args.methods.split(","):
-            row = {"method": m}
-            row["onebit"] = onebit_epoch(m, args.epochs, args.threads, tmp)
-            row["larq"] = larq_epoch(m, args.epochs, args.threads, tmp)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        for rep in range(args.repeats):
+            for m in args.methods.split(","):
+                tmp = Path(d) / f"{rep}"
+                row: dict = {"method": m, "pass": rep}
+                order = ("onebit", "larq") if rep % 2 == 0 else ("larq", "onebit")
+                for lib in order:
+                    if lib == "onebit":
+                        row[lib] = onebit_epoch(m, args.epochs, args.threads, tmp)
+                    else:
+                        row[lib] = larq_epoch(m, args.epochs, args.threads, tmp)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     sys.path.insert(0, str(ROOT))
-    from onebit.gemm import resolve
     from onebit.runs import environment
 
     result = {
         "benchmark": "seconds per epoch (last of the run), Fashion-MNIST MLP recipe, batch 100",
         "threads": args.threads,
         "epochs": args.epochs,
-        "gemm_auto": resolve("auto", args.threads),
+        "repeats": args.repeats,
         "rows": rows,
         "env": environment(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    table = median_table(rows)
+    result["median"] = table
     print("| method | onebit s | Larq 0.14 s | onebit faster by |")
     print("|---|---|---|---|")
-    for r in rows:
-        ob, lq = r["onebit"]["train_val_s"], r["larq"]["train_val_s"]
-        print(f"| {r['method']} | {ob:.1f} | {lq:.1f} | {lq / ob:.2f}x |")
+    for m, r in table.items():
+        print(f"| {m} | {r['onebit']:.1f} | {r['larq']:.1f} | {r['larq'] / r['onebit']:.2f}x |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
