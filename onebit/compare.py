@@ -64,7 +64,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from onebit.config import Config, build_method
+from onebit.config import Config, build_method, saved_config
 from onebit.errors import OnebitError
 from onebit.methods import method_class
 
@@ -242,8 +242,8 @@ def _state(job: Job) -> tuple[str, Job]:
     cfg_file = d / "config.json"
     if not cfg_file.is_file():
         return "new", job
-    try:  # through Config: keys added to onebit since the folder was written read as defaults
-        saved = _plain(Config.from_dict(json.loads(cfg_file.read_text())).to_dict())
+    try:
+        saved = saved_config(cfg_file)
     except (ValueError, OnebitError):
         saved = None
     want = _plain(job.cfg.to_dict())

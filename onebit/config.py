@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import tomllib
 import types
 import typing
@@ -34,6 +35,7 @@ __all__ = [
     "apply_overrides",
     "build_method",
     "load_config",
+    "saved_config",
 ]
 
 
@@ -296,6 +298,13 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
                 raise OnebitError(f"--set {key}: {s} is not a table.")
         node[leaf] = _parse_value(text.strip())
     return out
+
+
+def saved_config(path: str | Path) -> dict[str, Any]:
+    """A run folder's ``config.json`` as ``Config.to_dict`` writes it today: keys added to onebit
+    since the folder was written read as their defaults, so an older run still compares equal to
+    the config that made it. Raises OnebitError (or ValueError for bad JSON) if it is not a config."""
+    return json.loads(json.dumps(Config.from_dict(json.loads(Path(path).read_text())).to_dict()))
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

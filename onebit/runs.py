@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from onebit.config import Config, build_method
+from onebit.config import Config, build_method, saved_config
 from onebit.convert import binarize_, summary
 from onebit.data import Dataset, load_dataset, subsample, unnormalized
 from onebit.errors import OnebitError
@@ -172,8 +172,7 @@ def run(
     if out is not None and is_main:
         out.mkdir(parents=True, exist_ok=True)
         if resume and (out / "config.json").exists():
-            # through Config: keys added to onebit since the folder was written read as defaults
-            saved = Config.from_dict(json.loads((out / "config.json").read_text())).to_dict()
+            saved = saved_config(out / "config.json")
             # where the runs folder is spelled from does not change the run
             if {**saved, "out": None} != {**cfg.to_dict(), "out": None}:
                 raise OnebitError(

@@ -57,6 +57,9 @@ def larq_epoch(method: str, epochs: int, threads: int, tmp: Path) -> dict:
     return {"train_val_s": last["fit_s"], "total_s": last["fit_s"] + last["test_s"]}
 
 
+EPOCH = {"onebit": onebit_epoch, "larq": larq_epoch}
+
+
 def median_table(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Per method, the median over passes of each library's training + validation seconds."""
     out: dict[str, dict[str, float]] = {}
@@ -87,10 +90,7 @@ def main() -> None:
                 row: dict = {"method": m, "pass": rep}
                 order = ("onebit", "larq") if rep % 2 == 0 else ("larq", "onebit")
                 for lib in order:
-                    if lib == "onebit":
-                        row[lib] = onebit_epoch(m, args.epochs, args.threads, tmp)
-                    else:
-                        row[lib] = larq_epoch(m, args.epochs, args.threads, tmp)
+                    row[lib] = EPOCH[lib](m, args.epochs, args.threads, tmp)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     sys.path.insert(0, str(ROOT))
