@@ -1,7 +1,8 @@
-"""Time one training step of the MLP 784-2048-2048-2048-10 at batch 100: binarized (bc) vs float.
+"""Time one training step of the MLP 784-2048-2048-2048-10 at batch 100: binarized (bc) vs float,
+each with torch's matrix products and with onebit's native kernel (``train.gemm``, onebit.gemm).
 
-Both are measured in the same run, interleaved, on the same thread count; the figure that matters is
-the ratio. Usage:
+All four are measured in the same run, interleaved, on the same thread count; the figures that
+matter are the ratios. Usage:
 
     python benchmarks/bench_train_step.py [--threads 2] [--steps 50] [--out records/x.json]
 """
@@ -18,6 +19,7 @@ from torch.nn import functional as F
 
 import onebit
 from onebit.config import TrainConfig
+from onebit.gemm import gemm_backend
 from onebit.runs import environment
 from onebit.training import make_optimizer
 
@@ -57,19 +59,26 @@ def main() -> None:
     x = torch.randn(100, 1, 28, 28)
     y = torch.randint(0, 10, (100,))
     runs = {name: make(name, args.compile) for name in ("fp", "bc")}
+    kernels = ("torch",) if args.compile else ("torch", "onebit")
     for r in runs.values():
-        step_time(*r, x, y, 5)  # warm-up (and compilation)
-    samples = {name: [] for name in runs}
-    for _ in range(args.rounds):  # interleave so drift on a shared machine hits both alike
-        for name, r in runs.items():
-            samples[name] += step_time(*r, x, y, args.steps // args.rounds)
-    med = {name: statistics.median(s) for name, s in samples.items()}
+        for kernel in kernels:
+            with gemm_backend(kernel, r[3]):
+                step_time(*r, x, y, 5)  # warm-up (and compilation)
+    samples = {(name, k): [] for name in runs for k in kernels}
+    for _ in range(args.rounds):  # interleave so drift on a shared machine hits all alike
+        for (name, kernel), s in samples.items():
+            with gemm_backend(kernel, runs[name][3]):
+                s += step_time(*runs[name], x, y, args.steps // args.rounds)
+    med = {f"{name}/{k}": statistics.median(s) for (name, k), s in samples.items()}
     result = {
         "benchmark": "train step, MLP 784-2048x3-10, batch 100, Adam",
         "threads": args.threads,
         "compile": args.compile,
         "median_step_ms": {k: round(1000 * v, 2) for k, v in med.items()},
-        "ratio_bc_over_fp": round(med["bc"] / med["fp"], 3),
+        "ratio_bc_over_fp": {k: round(med[f"bc/{k}"] / med[f"fp/{k}"], 3) for k in kernels},
+        "speedup_onebit_over_torch": {
+            m: round(med[f"{m}/torch"] / med[f"{m}/onebit"], 3) for m in runs if "onebit" in kernels
+        },
         "env": environment(),
     }
     text = json.dumps(result, indent=2)

@@ -109,6 +109,12 @@ class TrainConfig:
         threads: torch threads per process (0: all cores divided by the number of processes).
         deterministic: ask torch for deterministic algorithms.
         compile: wrap the model in ``torch.compile``.
+        gemm: the kernel of the fully connected layers' matrix products on the CPU (see
+            :mod:`onebit.gemm`): ``torch`` (MKL in torch's wheels), ``onebit`` (the native
+            AVX-512 kernel, which then also takes the run's threads while torch's other ops run
+            on one), or ``auto`` (``onebit`` where the kernel exists and every parameter of the
+            model sits in a linear or normalization layer, as in the MLPs; ``torch`` otherwise,
+            and always under ``compile``).
         channels_last: use the channels-last memory format for conv nets.
         eval_batch_size: batch size of evaluation.
         tensorboard: also write TensorBoard event files into the run folder (needs tensorboard).
@@ -131,6 +137,7 @@ class TrainConfig:
     threads: int = 0
     deterministic: bool = True
     compile: bool = False
+    gemm: str = "auto"
     channels_last: bool = True
     eval_batch_size: int = 1000
     tensorboard: bool = False
@@ -138,6 +145,7 @@ class TrainConfig:
 
 CHOICES = {
     ("train", "optimizer"): ("adam", "sgd"),
+    ("train", "gemm"): ("auto", "torch", "onebit"),
     ("train", "schedule"): ("constant", "exp", "exp_step", "cosine", "multistep"),
     ("train", "loss"): ("ce", "hinge"),
 }

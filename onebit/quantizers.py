@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from onebit import gemm
 from onebit.errors import OnebitError
 
 __all__ = [
@@ -53,7 +54,10 @@ def sign(x: Tensor) -> Tensor:
 
 
 def sign_into(x: Tensor, out: Tensor) -> Tensor:
-    """``sign(x)`` written into the preallocated ``out`` (no allocation on the training hot path)."""
+    """``sign(x)`` written into the preallocated ``out`` (no allocation on the training hot path);
+    one native pass while :mod:`onebit.gemm` holds the threads."""
+    if gemm.sign_into(x, out):
+        return out
     torch.add(x, 0.0, out=out)
     return torch.copysign(torch.ones((), dtype=x.dtype, device=x.device), out, out=out)
 

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from onebit.config import TrainConfig
 from onebit.data import Dataset, Split, batches, num_batches
 from onebit.errors import OnebitError
+from onebit.gemm import gemm_backend
 from onebit.layers import is_binary_layer, relaxed
 from onebit.methods import Method
 from onebit.schedules import is_partial
@@ -401,104 +402,114 @@ def train(
     if out is not None and dist.main:
         _rewrite_metrics(out / "metrics.jsonl", history.epochs)
     board = _tensorboard(out) if cfg.tensorboard and out is not None and dist.main else None
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        lr = lr_at(epoch, cfg)
-        _set_lr(opt, lr)
-        method.on_epoch_start(model, epoch, cfg.epochs)
-        signs_before = weight_signs(model)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        model.train()
-        it = batches(
-            data.train,
-            cfg.batch_size,
-            mean=data.mean,
-            std=data.std,
-            shuffle=True,
-            generator=gen,
-            augment=data.augment,
-            rank=dist.rank,
-            world_size=dist.world_size,
-            channels_last=channels_last,
-        )
-        bar = _bar(it, steps, f"epoch {epoch + 1}/{cfg.epochs}", progress and dist.main)
-        tot_loss = torch.zeros(())
-        tot_correct = torch.zeros((), dtype=torch.long)
-        seen = 0
-        per_step = cfg.schedule in PER_STEP_SCHEDULES
-        for i, (x, y) in enumerate(bar):
-            if per_step:
-                lr = lr_at(epoch, cfg, i / steps)
-                _set_lr(opt, lr)
-            logits = net(x)
-            loss = method.training_loss(model, x, logits, y, loss_fn(logits, y))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            method.after_step(model, lr=lr)
-            # accumulate without .item() so the loop never waits on a sync
-            tot_loss += loss.detach() * y.numel()  # y.numel(): tokens, for sequence targets
-            tot_correct += (logits.detach().argmax(1) == y).sum()
-            seen += y.numel()
-        train_seconds = time.perf_counter() - t0
-        ev = dict(batch_size=cfg.eval_batch_size, loss=cfg.loss, channels_last=channels_last)
-        val_loss, val_acc = evaluate(model, data.val, data, **ev)
-        test_loss, test_acc = evaluate(model, data.test, data, **ev)
-        if math.isnan(val_acc):  # no validation split: select on test, and say so in the record
-            val_loss, val_acc = test_loss, test_acc
-        extra: dict[str, Any] = dict(method.metrics(model))
-        if cfg.loss == "ce" and data.train.y.dim() > 1:  # sequences: cross-entropy in bits/token
-            extra.update(val_bpc=val_loss / math.log(2), test_bpc=test_loss / math.log(2))
-        if method.relaxed_eval:  # the relaxed model (training forward weights), beside the hard one
-            with relaxed(model):
-                extra["relaxed_test_acc"] = evaluate(model, data.test, data, **ev)[1]
-        rec = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": tot_loss.item() / max(seen, 1),
-            "train_acc": tot_correct.item() / max(seen, 1),
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "train_seconds": train_seconds,
-            "seconds": time.perf_counter() - t0,
-            **({"partial": True} if is_partial(model.modules()) else {}),
-            **extra,
-            **diagnostics(model, signs_before),
-        }
-        history.epochs.append(rec)
-        log.info(
-            "epoch %d/%d  loss %.4f  train %.4f  val %.4f  test %.4f  (%.1fs)",
-            epoch + 1,
-            cfg.epochs,
-            rec["train_loss"],
-            rec["train_acc"],
-            val_acc,
-            test_acc,
-            rec["seconds"],
-        )
-        if out is not None and dist.main:
-            common = {**(extra_state or {}), "epoch": epoch}
-            if history.best["epoch"] == epoch:
-                save_checkpoint(out / "best.pt", model=model.state_dict(), **common)
-            save_checkpoint(
-                out / "last.pt",
-                model=model.state_dict(),
-                optimizer=opt.state_dict(),
-                rng=_rng_state(),
-                history=history.epochs,
-                **common,
+    # the kernel of the linear layers' products (onebit.gemm); torch.compile keeps torch's own
+    gemm = "torch" if cfg.compile else cfg.gemm
+    with gemm_backend(gemm, model) as kernel:
+        if dist.main and kernel != "torch":
+            log.info("matrix products of linear layers: %s kernel", kernel)
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            lr = lr_at(epoch, cfg)
+            _set_lr(opt, lr)
+            method.on_epoch_start(model, epoch, cfg.epochs)
+            signs_before = weight_signs(model)
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+            model.train()
+            it = batches(
+                data.train,
+                cfg.batch_size,
+                mean=data.mean,
+                std=data.std,
+                shuffle=True,
+                generator=gen,
+                augment=data.augment,
+                rank=dist.rank,
+                world_size=dist.world_size,
+                channels_last=channels_last,
             )
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            if board is not None:
-                for k, v in rec.items():
-                    if isinstance(v, float | int) and k != "epoch":
-                        board.add_scalar(k, v, epoch)
-                board.flush()
+            bar = _bar(it, steps, f"epoch {epoch + 1}/{cfg.epochs}", progress and dist.main)
+            tot_loss = torch.zeros(())
+            tot_correct = torch.zeros((), dtype=torch.long)
+            seen = 0
+            per_step = cfg.schedule in PER_STEP_SCHEDULES
+            for i, (x, y) in enumerate(bar):
+                if per_step:
+                    lr = lr_at(epoch, cfg, i / steps)
+                    _set_lr(opt, lr)
+                logits = net(x)
+                loss = method.training_loss(model, x, logits, y, loss_fn(logits, y))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                method.after_step(model, lr=lr)
+                # accumulate without .item() so the loop never waits on a sync
+                tot_loss += loss.detach() * y.numel()  # y.numel(): tokens, for sequence targets
+                tot_correct += (logits.detach().argmax(1) == y).sum()
+                seen += y.numel()
+            train_seconds = time.perf_counter() - t0
+            ev = dict(batch_size=cfg.eval_batch_size, loss=cfg.loss, channels_last=channels_last)
+            val_loss, val_acc = evaluate(model, data.val, data, **ev)
+            test_loss, test_acc = evaluate(model, data.test, data, **ev)
+            if math.isnan(val_acc):  # no validation split: select on test, and say so in the record
+                val_loss, val_acc = test_loss, test_acc
+            extra: dict[str, Any] = dict(method.metrics(model))
+            if (
+                cfg.loss == "ce" and data.train.y.dim() > 1
+            ):  # sequences: cross-entropy in bits/token
+                extra.update(val_bpc=val_loss / math.log(2), test_bpc=test_loss / math.log(2))
+            if (
+                method.relaxed_eval
+            ):  # the relaxed model (training forward weights), beside the hard one
+                with relaxed(model):
+                    extra["relaxed_test_acc"] = evaluate(model, data.test, data, **ev)[1]
+            rec = {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": tot_loss.item() / max(seen, 1),
+                "train_acc": tot_correct.item() / max(seen, 1),
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "train_seconds": train_seconds,
+                "seconds": time.perf_counter() - t0,
+                "gemm": kernel,
+                **({"partial": True} if is_partial(model.modules()) else {}),
+                **extra,
+                **diagnostics(model, signs_before),
+            }
+            history.epochs.append(rec)
+            log.info(
+                "epoch %d/%d  loss %.4f  train %.4f  val %.4f  test %.4f  (%.1fs)",
+                epoch + 1,
+                cfg.epochs,
+                rec["train_loss"],
+                rec["train_acc"],
+                val_acc,
+                test_acc,
+                rec["seconds"],
+            )
+            if out is not None and dist.main:
+                common = {**(extra_state or {}), "epoch": epoch}
+                if history.best["epoch"] == epoch:
+                    save_checkpoint(out / "best.pt", model=model.state_dict(), **common)
+                save_checkpoint(
+                    out / "last.pt",
+                    model=model.state_dict(),
+                    optimizer=opt.state_dict(),
+                    rng=_rng_state(),
+                    history=history.epochs,
+                    **common,
+                )
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                if board is not None:
+                    for k, v in rec.items():
+                        if isinstance(v, float | int) and k != "epoch":
+                            board.add_scalar(k, v, epoch)
+                    board.flush()
     return history
 
 

@@ -45,6 +45,8 @@ __all__ = [
     "get_isa",
     "get_num_threads",
     "im2col",
+    "matmul",
+    "matmul_available",
     "native_available",
     "num_words",
     "pack_bits",
@@ -53,6 +55,7 @@ __all__ = [
     "scale_bias",
     "set_isa",
     "set_num_threads",
+    "sign",
     "threshold_sign",
     "unpack_bits",
     "xnor_gemm",
@@ -479,3 +482,97 @@ def clamp_(
         return reference.clamp_(x, lo, hi)
     _native.clamp(x, x.size, float(lo), float(hi), t)
     return x
+
+
+def sign(
+    x: npt.NDArray[np.float32],
+    out: npt.NDArray[np.float32] | None = None,
+    *,
+    threads: int | None = None,
+) -> npt.NDArray[np.float32]:
+    """``out = +1 where x >= 0 else -1`` (both zeros give +1, NaN gives -1, as :func:`pack_bits`
+    reads them) in one threaded pass over C-contiguous float32 arrays; ``out`` may be ``x``."""
+    xa = _array(x, np.float32, x.ndim if isinstance(x, np.ndarray) else 1, "x")
+    if out is None:
+        out = np.empty_like(xa)
+    elif not (
+        type(out) is np.ndarray
+        and out.dtype == np.float32
+        and out.shape == xa.shape
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
+        raise KernelInputError(f"sign: out must be a writable C-contiguous float32 {xa.shape}.")
+    t = _threads(threads)
+    if _native is None:
+        _fallback()
+        out[...] = np.where(xa >= 0, np.float32(1), np.float32(-1))
+        return out
+    _native.sign(xa, out, xa.size, t)
+    return out
+
+
+def matmul_available() -> bool:
+    """True when :func:`matmul` runs a native kernel (the selected ISA has one: AVX-512)."""
+    return _native is not None and bool(_native.sgemm_available())
+
+
+def _operand(x: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """A C-contiguous float32 array holding ``x`` and the element strides that read ``x`` from
+    it: ``x`` itself (row-major) or the array ``x`` is the transpose of; else a copy."""
+    if x.flags.c_contiguous:
+        return x, x.shape[1], 1
+    if x.T.flags.c_contiguous:
+        return x.T, 1, x.shape[0]
+    return np.ascontiguousarray(x), x.shape[1], 1
+
+
+def matmul(
+    a: npt.ArrayLike,
+    b: npt.ArrayLike,
+    out: npt.NDArray[np.float32] | None = None,
+    *,
+    accumulate: bool = False,
+    threads: int | None = None,
+) -> npt.NDArray[np.float32]:
+    """Float32 ``out = a @ b`` (``out += a @ b`` with ``accumulate``) for 2-D ``a (M, K)`` and
+    ``b (K, N)``, each row-major or the transpose of a row-major array (read in place).
+
+    The AVX-512 kernel packs both operands into cache blocks and runs a 6x64 register tile
+    (see ``ob_avx512.c``); it sums each dot product in ``k`` order with one FMA per term, so it
+    agrees with any BLAS to rounding. Without that kernel (no AVX-512, or not built) numpy's
+    ``matmul`` does the product. ``out`` must be C-contiguous float32 ``(M, N)``.
+    """
+    aa, ba = np.asarray(a), np.asarray(b)
+    if aa.dtype != np.float32 or ba.dtype != np.float32 or aa.ndim != 2 or ba.ndim != 2:
+        raise KernelInputError(
+            f"matmul needs two 2-D float32 arrays, got {aa.dtype} {aa.shape} and "
+            f"{ba.dtype} {ba.shape}."
+        )
+    (m, k), (k2, n) = aa.shape, ba.shape
+    if k != k2:
+        raise KernelInputError(f"matmul: inner sizes differ, {aa.shape} @ {ba.shape}.")
+    if out is None:
+        if accumulate:
+            raise KernelInputError("matmul(accumulate=True) needs out.")
+        out = np.empty((m, n), dtype=np.float32)
+    elif not (
+        type(out) is np.ndarray
+        and out.dtype == np.float32
+        and out.shape == (m, n)
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
+        raise KernelInputError(f"matmul: out must be a writable C-contiguous float32 ({m}, {n}).")
+    t = _threads(threads)
+    if not matmul_available():
+        prod = aa @ ba
+        if accumulate:
+            out += prod
+        else:
+            out[...] = prod
+        return out
+    abase, rsa, csa = _operand(aa)
+    bbase, rsb, csb = _operand(ba)
+    _native.sgemm(abase, bbase, out, m, n, k, rsa, csa, rsb, csb, n, accumulate, t)
+    return out

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from onebit import gemm
 from onebit.layers import WeightQuantizer, is_binary_layer
 
 __all__ = ["Method", "clip_latent_"]
@@ -28,7 +29,7 @@ def clip_latent_(layers: Iterable[nn.Module], c: float) -> None:
     """
     with torch.no_grad():
         for m in layers:
-            if is_binary_layer(m) and m.binary:
+            if is_binary_layer(m) and m.binary and not gemm.clamp_(m.weight, -c, c):
                 m.weight.clamp_(-c, c)
 
 

@@ -268,7 +268,7 @@ OB_T2 static void y_scale_bias(const int32_t *y, int64_t ldy, const float *alpha
 
 const ob_isa_table ob_avx2_table = {
     "avx2",          2,               2,           y_pack_bits, y_xnor, y_bfgemm,
-    y_threshold_f32, y_threshold_i32, y_scale_bias,
+    y_threshold_f32, y_threshold_i32, y_scale_bias, NULL, 1, 1,
 };
 
 #endif /* OB_X86 */

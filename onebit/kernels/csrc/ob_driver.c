@@ -648,6 +648,27 @@ int ob_clamp_f32(float *x, int64_t n, float lo, float hi, int threads) {
     return run_2d(t, n, 1, 16, 1, clamp_range, &c);
 }
 
+typedef struct {
+    const float *x;
+    float *out;
+} sign_ctx;
+
+static int sign_range(const void *vctx, int64_t i0, int64_t i1, int64_t n0, int64_t n1) {
+    const sign_ctx *c = (const sign_ctx *)vctx;
+    (void)n0;
+    (void)n1;
+    /* x >= 0 -> +1 (both zeros), else -1 (NaN too, as pack_bits reads it); vectorized */
+    for (int64_t i = i0; i < i1; i++) c->out[i] = c->x[i] >= 0.0f ? 1.0f : -1.0f;
+    return 0;
+}
+
+int ob_sign_f32(const float *x, float *out, int64_t n, int threads) {
+    if (n <= 0) return 0;
+    sign_ctx c = {x, out};
+    const int t = resolve_threads(threads, (double)n, 1 << 16);
+    return run_2d(t, n, 1, 16, 1, sign_range, &c);
+}
+
 /* --------------------------------------------------------------- im2col_f32 */
 
 typedef struct {
@@ -695,4 +716,27 @@ int ob_im2col_f32(const float *x, float *out, int64_t B, int64_t H, int64_t W, i
     im2col_f32_ctx c = {x, out, H, W, C, Ho, Wo, KH, KW, sh, sw, ph, pw};
     const int t = resolve_threads(threads, (double)rows * (double)(KH * KW * C), 1 << 15);
     return run_2d(t, rows, 1, 1, 1, im2col_f32_range, &c);
+}
+
+/* ---------------------------------------------------------------------- sgemm */
+
+typedef struct {
+    const ob_isa_table *t;
+    ob_sgemm_args a;
+} sgemm_ctx;
+
+static int sgemm_range(const void *vctx, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const sgemm_ctx *c = (const sgemm_ctx *)vctx;
+    return c->t->sgemm(&c->a, m0, m1, n0, n1);
+}
+
+int ob_sgemm_available(void) { return current()->sgemm != NULL; }
+
+int ob_sgemm(const ob_sgemm_args *args, int64_t M, int64_t N, int threads) {
+    sgemm_ctx c = {current(), *args};
+    if (c.t->sgemm == NULL) return -2;
+    /* at least ~1 M multiply-adds per thread: below that the hand-over costs more than it saves */
+    const double work = (double)M * (double)N * (double)(args->K > 0 ? args->K : 1);
+    const int t = resolve_threads(threads, work, 1 << 20);
+    return run_2d(t, M, N, c.t->sgemm_mb, c.t->sgemm_nb, sgemm_range, &c);
 }

@@ -158,5 +158,5 @@ static void g_scale_bias(const int32_t *y, int64_t ldy, const float *alpha, cons
 
 const ob_isa_table ob_generic_table = {
     "generic",        8,           8, g_pack_bits, g_xnor, g_bfgemm, g_threshold_f32,
-    g_threshold_i32, g_scale_bias,
+    g_threshold_i32, g_scale_bias, NULL,     1,           1,
 };

@@ -51,6 +51,20 @@ typedef struct {
     int64_t Kw;
 } ob_bfgemm_args;
 
+/* C[m, n] = (accumulate ? C[m, n] : 0) + sum_k A[m, k] * B[k, n], float32, where
+ * A[m, k] = a[m * rsa + k * csa] and B[k, n] = b[k * rsb + n * csb]: each operand is a row-major
+ * matrix or the transpose of one (one of its two strides is 1).  C is row-major. */
+typedef struct {
+    const float *a;
+    int64_t rsa, csa;
+    const float *b;
+    int64_t rsb, csb;
+    float *c;
+    int64_t ldc;
+    int64_t K;
+    int accumulate;
+} ob_sgemm_args;
+
 /* Every range kernel returns 0 on success and -1 when a scratch allocation failed. */
 typedef struct {
     const char *name;
@@ -69,6 +83,10 @@ typedef struct {
     /* out[m, n] = alpha[n] * (float)y[m, n] + beta[n]  (a multiply, then an add) */
     void (*scale_bias)(const int32_t *y, int64_t ldy, const float *alpha, const float *beta,
                        float *out, int64_t ldo, int64_t rows, int64_t N);
+    /* float32 GEMM (ob_sgemm_args) over rows [m0, m1) and columns [n0, n1); NULL when this
+     * instruction set has none (the callers then keep their own BLAS). */
+    int (*sgemm)(const ob_sgemm_args *p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+    int64_t sgemm_mb, sgemm_nb; /* row and column granularity used when splitting */
 } ob_isa_table;
 
 extern const ob_isa_table ob_generic_table;
@@ -115,6 +133,11 @@ int ob_threshold_sign_i32(const int32_t *y, const float *thr, const uint8_t *fli
                           uint64_t *out, int64_t M, int64_t N, int threads);
 int ob_scale_bias(const int32_t *y, const float *alpha, const float *beta, float *out,
                   int64_t M, int64_t N, int threads);
+/* Returns 0, -1 when scratch memory ran out, -2 when the current ISA has no sgemm. */
+int ob_sgemm(const ob_sgemm_args *args, int64_t M, int64_t N, int threads);
+int ob_sgemm_available(void);
+/* out[i] = x[i] >= 0 ? +1 : -1 (x and out may be the same array) */
+int ob_sign_f32(const float *x, float *out, int64_t n, int threads);
 int ob_clamp_f32(float *x, int64_t n, float lo, float hi, int threads);
 /* float32 NHWC x (B, H, W, C) -> patches (B * Ho * Wo, KH * KW * C), zero padded. */
 int ob_im2col_f32(const float *x, float *out, int64_t B, int64_t H, int64_t W, int64_t C,

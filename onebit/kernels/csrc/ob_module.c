@@ -352,6 +352,78 @@ static PyObject *py_clamp(PyObject *self, PyObject *args) {
     return finish(err);
 }
 
+/* Elements spanned by a (rows, cols) operand with strides (rs, cs): the buffer must hold them. */
+static int strided_extent(long long rows, long long cols, long long rs, long long cs,
+                          int64_t *extent) {
+    *extent = 0;
+    if (rows < 0 || cols < 0 || rs < 0 || cs < 0) return -1;
+    if (rows == 0 || cols == 0) return 0;
+    int64_t a = 0, b = 0;
+    if (__builtin_mul_overflow(rows - 1, rs, &a) || __builtin_mul_overflow(cols - 1, cs, &b) ||
+        __builtin_add_overflow(a, b, extent) || __builtin_add_overflow(*extent, 1, extent))
+        return -1;
+    return 0;
+}
+
+/* sgemm(a, b, c, M, N, K, rsa, csa, rsb, csb, ldc, accumulate, threads): float32
+ * C[m, n] (+)= sum_k a[m * rsa + k * csa] * b[k * rsb + n * csb], C row-major with ldc. */
+static PyObject *py_sgemm(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer a, b, c;
+    long long M, N, K, rsa, csa, rsb, csb, ldc;
+    int accumulate, threads, err = 0;
+    if (!PyArg_ParseTuple(args, "y*y*w*LLLLLLLLpi", &a, &b, &c, &M, &N, &K, &rsa, &csa, &rsb,
+                          &csb, &ldc, &accumulate, &threads))
+        return NULL;
+    int64_t ea = 0, eb = 0, ec = 0;
+    int bad = strided_extent(M, K, rsa, csa, &ea) || strided_extent(K, N, rsb, csb, &eb) ||
+              strided_extent(M, N, ldc, 1, &ec) || ldc < N;
+    if (bad) PyErr_SetString(PyExc_ValueError, "sgemm: invalid sizes or strides");
+    bad = bad || check_size(&a, ea, 4, "a") || check_size(&b, eb, 4, "b") ||
+          check_size(&c, ec, 4, "c");
+    if (!bad) {
+        const ob_sgemm_args p = {(const float *)a.buf, rsa, csa, (const float *)b.buf,
+                                 rsb, csb, (float *)c.buf, ldc, K, accumulate};
+        Py_BEGIN_ALLOW_THREADS err = ob_sgemm(&p, M, N, threads);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&c);
+    if (bad) return NULL;
+    if (err == -2) {
+        PyErr_SetString(PyExc_RuntimeError, "sgemm: no kernel for the selected instruction set");
+        return NULL;
+    }
+    return finish(err);
+}
+
+static PyObject *py_sgemm_available(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyBool_FromLong(ob_sgemm_available());
+}
+
+/* sign(x, out, n, threads): out = x >= 0 ? +1 : -1 */
+static PyObject *py_sign(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer x, out;
+    long long n;
+    int threads, err = 0;
+    if (!PyArg_ParseTuple(args, "y*w*Li", &x, &out, &n, &threads)) return NULL;
+    if (n < 0) PyErr_SetString(PyExc_ValueError, "sign: negative length");
+    const int bad = n < 0 || check_size(&x, n, 4, "x") || check_size(&out, n, 4, "out");
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS err = ob_sign_f32((const float *)x.buf, (float *)out.buf, n,
+                                                 threads);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    if (bad) return NULL;
+    return finish(err);
+}
+
 static PyObject *py_available_isas(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -431,6 +503,11 @@ static PyMethodDef methods[] = {
      "threshold_sign(y, thresh, flip, out, M, N, is_int, threads)"},
     {"scale_bias", py_scale_bias, METH_VARARGS, "scale_bias(y, alpha, beta, out, M, N, threads)"},
     {"clamp", py_clamp, METH_VARARGS, "clamp(x, n, lo, hi, threads): x = min(max(x, lo), hi)"},
+    {"sgemm", py_sgemm, METH_VARARGS,
+     "sgemm(a, b, c, M, N, K, rsa, csa, rsb, csb, ldc, accumulate, threads)"},
+    {"sgemm_available", py_sgemm_available, METH_NOARGS,
+     "Whether the selected instruction set has a float32 GEMM."},
+    {"sign", py_sign, METH_VARARGS, "sign(x, out, n, threads): out = x >= 0 ? +1 : -1"},
     {"available_isas", py_available_isas, METH_NOARGS, "ISAs this CPU can run, best first."},
     {"get_isa", py_get_isa, METH_NOARGS, "The ISA the kernels dispatch to."},
     {"set_isa", py_set_isa, METH_O, "Force an ISA by name; None restores the best one."},
