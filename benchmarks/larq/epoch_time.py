@@ -6,6 +6,9 @@ after the other, so that drift of a shared host hits both alike, each for ``--ep
 keeps the last epoch (the first one carries TensorFlow's graph tracing). ``--repeats`` passes
 alternate which library goes first; the table gives the median over passes.
 
+``--libs onebit,onebit_torch_gemm,larq`` also times onebit with torch's matrix products
+(``train.gemm = torch``) beside its default (``auto``: the native kernel, onebit.gemm).
+
 Compared figures, per epoch: training plus validation (Keras ``fit`` time for Larq,
 ``train_seconds`` plus the validation pass for onebit) and the same plus the test pass.
 
@@ -15,6 +18,7 @@ Compared figures, per epoch: training plus validation (Keras ``fit`` time for La
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -29,11 +33,11 @@ LARQ_PY = ROOT / "benchmarks/larq/.venv/bin/python"
 CONFIG = ROOT / "configs/fmnist_mlp_larq.toml"
 
 
-def onebit_epoch(method: str, epochs: int, threads: int, tmp: Path) -> dict:
-    out = tmp / method
+def onebit_epoch(method: str, epochs: int, threads: int, tmp: Path, gemm: str = "auto") -> dict:
+    out = tmp / f"{method}-{gemm}"
     cmd = [sys.executable, "-m", "onebit.cli", "train", str(CONFIG), "--no-progress",
            "--set", f"method.name={method}", "--set", f"train.epochs={epochs}",
-           "--set", f"train.threads={threads}",
+           "--set", f"train.threads={threads}", "--set", f"train.gemm={gemm}",
            "--out", str(out)]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     (metrics,) = out.glob("*/*/metrics.jsonl")
@@ -44,6 +48,7 @@ def onebit_epoch(method: str, epochs: int, threads: int, tmp: Path) -> dict:
         "train_val_s": last["train_seconds"] + eval_s / 2,
         "total_s": last["seconds"],
         "train_s": last["train_seconds"],
+        "gemm": last.get("gemm", "torch"),
     }
 
 
@@ -57,7 +62,11 @@ def larq_epoch(method: str, epochs: int, threads: int, tmp: Path) -> dict:
     return {"train_val_s": last["fit_s"], "total_s": last["fit_s"] + last["test_s"]}
 
 
-EPOCH = {"onebit": onebit_epoch, "larq": larq_epoch}
+EPOCH = {
+    "onebit": onebit_epoch,  # train.gemm = auto: the native kernel where it exists
+    "onebit_torch_gemm": functools.partial(onebit_epoch, gemm="torch"),
+    "larq": larq_epoch,
+}
 
 
 def median_table(rows: list[dict]) -> dict[str, dict[str, float]]:
@@ -65,10 +74,8 @@ def median_table(rows: list[dict]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for m in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == m]
-        out[m] = {
-            lib: statistics.median(r[lib]["train_val_s"] for r in mine)
-            for lib in ("onebit", "larq")
-        }
+        libs = [lib for lib in EPOCH if lib in mine[0]]
+        out[m] = {lib: statistics.median(r[lib]["train_val_s"] for r in mine) for lib in libs}
     return out
 
 
@@ -78,6 +85,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2, help="passes, alternating the order")
+    ap.add_argument("--libs", default="onebit,larq", help=f"what to time, from {','.join(EPOCH)}")
     ap.add_argument("--out", help="write the JSON record here")
     args = ap.parse_args()
     if not LARQ_PY.exists():
@@ -88,7 +96,8 @@ def main() -> None:
             for m in args.methods.split(","):
                 tmp = Path(d) / f"{rep}"
                 row: dict = {"method": m, "pass": rep}
-                order = ("onebit", "larq") if rep % 2 == 0 else ("larq", "onebit")
+                libs = args.libs.split(",")
+                order = libs if rep % 2 == 0 else libs[::-1]
                 for lib in order:
                     row[lib] = EPOCH[lib](m, args.epochs, args.threads, tmp)
                 rows.append(row)
@@ -107,10 +116,11 @@ def main() -> None:
     }
     table = median_table(rows)
     result["median"] = table
-    print("| method | onebit s | Larq 0.14 s | onebit faster by |")
-    print("|---|---|---|---|")
+    libs = list(next(iter(table.values())))
+    print("| method | " + " | ".join(f"{lib} s" for lib in libs) + " |")
+    print("|---" * (len(libs) + 1) + "|")
     for m, r in table.items():
-        print(f"| {m} | {r['onebit']:.1f} | {r['larq']:.1f} | {r['larq'] / r['onebit']:.2f}x |")
+        print(f"| {m} | " + " | ".join(f"{r[lib]:.1f}" for lib in libs) + " |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
