@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import increment_version
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
@@ -77,14 +78,9 @@ def resolve(backend: str, model: nn.Module | None = None) -> str:
     return "onebit" if dense and kernels.matmul_available() else "torch"
 
 
-_threads: int | None = None  # the matrix products' threads while gemm_backend holds them
-
-
-def held_threads() -> int | None:
-    """The thread count :func:`gemm_backend` gave the native kernels, or None outside it. While
-    it is held, weight-sized elementwise passes (the sign of binarization, the latent clip) also
-    go to the kernels: torch has one thread then."""
-    return _threads
+# The matrix products' threads while gemm_backend holds them. While held, torch has one thread,
+# so the weight-sized elementwise passes of binarization (sign, latent clip) go native too.
+_threads: int | None = None
 
 
 def _plain(t: Tensor) -> bool:
@@ -97,6 +93,7 @@ def sign_into(x: Tensor, out: Tensor) -> bool:
     if _threads is None or not (_plain(x) and _plain(out)):
         return False
     kernels.sign(x.detach().numpy(), out.detach().numpy(), threads=_threads)
+    increment_version(out)  # a write through numpy is invisible to autograd's in-place check
     return True
 
 
@@ -106,6 +103,7 @@ def clamp_(x: Tensor, lo: float, hi: float) -> bool:
     if _threads is None or not _plain(x):
         return False
     kernels.clamp_(x.detach().numpy(), lo, hi, threads=_threads)
+    increment_version(x)
     return True
 
 

@@ -213,3 +213,19 @@ def test_held_threads_send_sign_and_clip_to_the_kernels_with_torchs_results():
         torch.testing.assert_close(out, onebit.quantizers.sign(w0), rtol=0, atol=0)
         method.after_step(model)
     torch.testing.assert_close(layer.weight.detach(), w0.clamp(-1, 1), rtol=0, atol=0)
+
+
+@native
+def test_a_native_sign_write_still_trips_autograds_in_place_check():
+    """As tests/test_layers.py checks for torch's path: reusing the forward-weight buffer before
+    the first graph's backward raises instead of silently using the new weights."""
+    lin = onebit.layers.binary_from_float(
+        nn.Linear(4, 3), onebit.quantizers.SignIdentity(), "none", None
+    )
+    x = torch.randn(2, 4, requires_grad=True)
+    with gemm.gemm_backend("onebit"):
+        y1 = lin(x)
+        y2 = lin(x)
+        y2.sum().backward()
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y1.sum().backward()
