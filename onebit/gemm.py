@@ -14,7 +14,8 @@ with the same math:
     forward   y = x W^T + b
     backward  dL/dx = g W,   dL/dW = g^T x,   dL/db = sum_rows g   (g = dL/dy)
 
-Each operand is read in place, transposed or not. Everything else, autograd included, stays
+Each operand is read in place, transposed or not (:func:`onebit.kernels.matmul` copies any
+other layout). Everything else, autograd included, stays
 torch's.
 
 Threads: the kernels' pool and torch's OpenMP pool both spin-wait between calls, so with both
@@ -120,8 +121,6 @@ class _NativeLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         x, w = x.detach(), w.detach()
-        x = x if x.stride(-1) == 1 or x.stride(0) == 1 else x.contiguous()
-        w = w if w.stride(-1) == 1 or w.stride(0) == 1 else w.contiguous()
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
         y = torch.empty(x.shape[0], w.shape[0], dtype=x.dtype)
@@ -133,7 +132,6 @@ class _NativeLinear(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         x, w = ctx.saved_tensors
-        g = g if g.stride(-1) == 1 or g.stride(0) == 1 else g.contiguous()
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gx = _mm(g, w, torch.empty(x.shape, dtype=x.dtype))

@@ -484,6 +484,21 @@ def clamp_(
     return x
 
 
+def _out(out: object, shape: tuple[int, ...], op: str) -> np.ndarray:
+    """``out`` checked to be a writable C-contiguous float32 array of ``shape``; a new one if None."""
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if not (
+        type(out) is np.ndarray
+        and out.dtype == np.float32
+        and out.shape == tuple(shape)
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
+        raise KernelInputError(f"{op}: out must be a writable C-contiguous float32 {tuple(shape)}.")
+    return out
+
+
 def sign(
     x: npt.NDArray[np.float32],
     out: npt.NDArray[np.float32] | None = None,
@@ -493,20 +508,11 @@ def sign(
     """``out = +1 where x >= 0 else -1`` (both zeros give +1, NaN gives -1, as :func:`pack_bits`
     reads them) in one threaded pass over C-contiguous float32 arrays; ``out`` may be ``x``."""
     xa = _array(x, np.float32, x.ndim if isinstance(x, np.ndarray) else 1, "x")
-    if out is None:
-        out = np.empty_like(xa)
-    elif not (
-        type(out) is np.ndarray
-        and out.dtype == np.float32
-        and out.shape == xa.shape
-        and out.flags.c_contiguous
-        and out.flags.writeable
-    ):
-        raise KernelInputError(f"sign: out must be a writable C-contiguous float32 {xa.shape}.")
+    out = _out(out, xa.shape, "sign")
     t = _threads(threads)
     if _native is None:
         _fallback()
-        out[...] = np.where(xa >= 0, np.float32(1), np.float32(-1))
+        out[...] = reference.sign(xa)
         return out
     _native.sign(xa, out, xa.size, t)
     return out
@@ -552,18 +558,9 @@ def matmul(
     (m, k), (k2, n) = aa.shape, ba.shape
     if k != k2:
         raise KernelInputError(f"matmul: inner sizes differ, {aa.shape} @ {ba.shape}.")
-    if out is None:
-        if accumulate:
-            raise KernelInputError("matmul(accumulate=True) needs out.")
-        out = np.empty((m, n), dtype=np.float32)
-    elif not (
-        type(out) is np.ndarray
-        and out.dtype == np.float32
-        and out.shape == (m, n)
-        and out.flags.c_contiguous
-        and out.flags.writeable
-    ):
-        raise KernelInputError(f"matmul: out must be a writable C-contiguous float32 ({m}, {n}).")
+    if out is None and accumulate:
+        raise KernelInputError("matmul(accumulate=True) needs out.")
+    out = _out(out, (m, n), "matmul")
     t = _threads(threads)
     if not matmul_available():
         prod = aa @ ba

@@ -207,3 +207,9 @@ def clamp_(x: npt.NDArray[np.float32], lo: float, hi: float) -> npt.NDArray[np.f
     """In place ``x = min(max(x, lo), hi)``; returns ``x``."""
     np.maximum(x, np.float32(lo), out=x)
     return np.minimum(x, np.float32(hi), out=x)
+
+
+def sign(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``+1 where x >= 0 else -1`` as float32: both zeros give +1, NaN gives -1 (as
+    :func:`pack_bits` reads them)."""
+    return np.where(x >= 0, np.float32(1), np.float32(-1))
