@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import onebit.kernels as K
-from onebit.runs import environment
+from onebit.experiments.runs import environment
 
 
 def median_call(fn: Callable[[], object], calls: int) -> float:

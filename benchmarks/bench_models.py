@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 import onebit
-from onebit.bench import bench
+from onebit.experiments.bench import bench
+from onebit.experiments.runs import environment
 from onebit.methods import BNN, BinaryConnect, XNORNet
 from onebit.pack import pack
-from onebit.runs import environment
 
 CASES = [
     # name, model, in_shape, options, method (binary activations or weight-only)

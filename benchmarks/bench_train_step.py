@@ -18,10 +18,9 @@ import torch
 from torch.nn import functional as F
 
 import onebit
-from onebit.config import TrainConfig
+from onebit.experiments.runs import environment
 from onebit.gemm import gemm_backend
-from onebit.runs import environment
-from onebit.training import make_optimizer
+from onebit.training import TrainConfig, make_optimizer
 
 
 def make(method_name: str, compile_: bool) -> tuple[torch.nn.Module, object, torch.optim.Optimizer]:

@@ -24,6 +24,10 @@ _LAZY = {
     "summary": ("onebit.convert", "summary"),
     "train": ("onebit.training", "train"),
     "evaluate": ("onebit.training", "evaluate"),
+    "TrainConfig": ("onebit.training", "TrainConfig"),
+    "pack": ("onebit.pack", "pack"),
+    "load": ("onebit.runtime", "load"),
+    "export_onnx": ("onebit.export", "export_onnx"),
     "methods": ("onebit.methods", None),
     "models": ("onebit.models", None),
 }

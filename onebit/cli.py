@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from onebit.errors import OnebitError
+from onebit.fileio import atomic_write
 
 log = logging.getLogger("onebit")
 
@@ -28,9 +29,10 @@ examples:
 
 
 def _methods_help() -> str:
-    from onebit.methods import METHODS
+    from onebit.methods import METHODS, method_preset
 
-    lines = [f"  {name:<10} {cls.title}  [{cls.paper}]" for name, cls in METHODS.items()]
+    rows = [(name, method_preset(name)) for name in METHODS]
+    lines = [f"  {name:<10} {row.title}  [{row.paper}]" for name, row in rows]
     return "methods (method.name):\n" + "\n".join(lines)
 
 
@@ -243,9 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from onebit.config import Config, load_config
-    from onebit.report import format_table, markdown_table, summarize, table_columns
-    from onebit.runs import load_data, new_run_dir, run
+    from onebit.experiments.config import Config, load_config
+    from onebit.experiments.report import format_table, markdown_table, summarize, table_columns
+    from onebit.experiments.runs import load_data, new_run_dir, run
 
     overrides = list(args.overrides)
     if args.out:
@@ -296,16 +298,16 @@ def _train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     summary = summarize(rows)
     print(markdown_table(format_table(summary), table_columns(summary)))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        atomic_write(args.json, json.dumps(rows, indent=2) + "\n")
     if args.record:
-        from onebit.records import write_record
+        from onebit.experiments.records import write_record
 
         write_record(args.record, rows, run_dirs, sys.argv[1:] if argv is None else argv)
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from onebit.runs import load_data, load_run
+    from onebit.experiments.runs import load_data, load_run
     from onebit.training import evaluate
 
     cfg, model, _method, _state = load_run(args.run, "last" if args.last else "best")
@@ -321,9 +323,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    from onebit.compare import compare
-    from onebit.config import load_config
-    from onebit.report import format_table, markdown_table, table_columns
+    from onebit.experiments.compare import compare
+    from onebit.experiments.config import load_config
+    from onebit.experiments.report import format_table, markdown_table, table_columns
 
     overrides = list(args.overrides)
     if args.out:
@@ -353,7 +355,7 @@ def _compare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     print(markdown_table(format_table(table), table_columns(table)))
     print(f"\nresults: {res.folder / 'results.md'}")
     if args.record:
-        from onebit.records import write_record
+        from onebit.experiments.records import write_record
 
         write_record(
             args.record,
@@ -376,10 +378,10 @@ def _compare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 
 def _sensitivity(args: argparse.Namespace) -> int:
-    from onebit.config import load_config
-    from onebit.report import markdown_table
+    from onebit.experiments.config import load_config
+    from onebit.experiments.report import markdown_table
+    from onebit.experiments.sensitivity import sensitivity
     from onebit.schedules import read_ranking
-    from onebit.sensitivity import sensitivity
 
     overrides = list(args.overrides)
     if args.out:
@@ -402,7 +404,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from onebit.report import (
+    from onebit.experiments.report import (
         find_runs,
         format_table,
         markdown_table,
@@ -413,7 +415,7 @@ def _report(args: argparse.Namespace) -> int:
     )
 
     if args.readme:
-        from onebit.records import README_COMMAND, update_readme
+        from onebit.experiments.records import README_COMMAND, update_readme
 
         if args.runs:
             raise OnebitError("--readme regenerates the README from --records; drop RUNS.")
@@ -467,16 +469,16 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _pack(args: argparse.Namespace) -> int:
+    from onebit.experiments.report import human_bytes
+    from onebit.experiments.runs import load_run
     from onebit.pack import pack
-    from onebit.report import human_bytes
-    from onebit.runs import load_run
 
     cfg, model, _method, state = load_run(args.run, "last" if args.last else "best")
     shape = tuple(state["input_shape"])
     if "mean" in state:
         mean, std = state["mean"], state["std"]
     else:  # checkpoints written before onebit stored the normalization
-        from onebit.runs import load_data
+        from onebit.experiments.runs import load_data
 
         data = load_data(cfg)
         mean, std = data.mean, data.std
@@ -525,8 +527,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from onebit.bench import bench
-    from onebit.report import markdown_table
+    from onebit.experiments.bench import bench
+    from onebit.experiments.report import markdown_table
     from onebit.runtime import load
 
     res = bench(load(args.model), args.threads, args.batches, args.repeats)
@@ -549,11 +551,10 @@ def _bench(args: argparse.Namespace) -> int:
     ]
     print("\nper op, batch 1, first thread count:\n" + markdown_table(layers))
     if args.out:
-        from onebit.runs import environment
+        from onebit.experiments.runs import environment
 
-        Path(args.out).write_text(
-            json.dumps({**res, "model": args.model, "env": environment()}, indent=2) + "\n"
-        )
+        doc = {**res, "model": args.model, "env": environment()}
+        atomic_write(args.out, json.dumps(doc, indent=2) + "\n")
     return 0
 
 

@@ -1,19 +1,61 @@
-"""Swap a model's Linear/Conv2d layers for binarized ones in place, and summarize the result."""
+"""Swap a model's Linear/Conv2d layers for binarized ones in place, and summarize the result.
+
+Which layers stay float is decided by the method's first/last-layer policy, the caller's
+``filter_fn``, and what the model declares about itself (:class:`LayerPolicy`, from a model's
+``onebit_layer_policy()`` method): layers it always keeps float (a ViT's patch embedding and head)
+and whether the first/last policy applies at all (the character LSTM's first binarizable layer is
+a gate matrix, not the layer that reads the input).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from onebit.layers import BinaryConv2d, BinaryLinear, binary_from_float, float_from_binary
+from onebit.layers import (
+    BinaryConv2d,
+    BinaryLinear,
+    WeightParametrization,
+    binary_from_float,
+    float_from_binary,
+)
 
-__all__ = ["LayerSummary", "binarizable_layers", "binarize_", "summary", "unbinarize_"]
+__all__ = [
+    "LayerPolicy",
+    "LayerSummary",
+    "binarizable_layers",
+    "binarize_",
+    "layer_policy",
+    "set_submodule",
+    "summary",
+    "unbinarize_",
+]
 
 LayerFilter = Callable[[str, nn.Module], bool]
+
+
+@dataclass(frozen=True)
+class LayerPolicy:
+    """What a model declares about its own layers (its ``onebit_layer_policy()`` returns one).
+
+    Attributes:
+        keep_float: names of layers that stay float under every method.
+        first_last: whether a method's first/last-layer policy applies (False: the model names
+            every float layer itself in ``keep_float``).
+    """
+
+    keep_float: frozenset[str] = field(default_factory=frozenset)
+    first_last: bool = True
+
+
+def layer_policy(model: nn.Module) -> LayerPolicy:
+    """The model's :class:`LayerPolicy` (its ``onebit_layer_policy()``), or the default one."""
+    declare = getattr(model, "onebit_layer_policy", None)
+    return declare() if callable(declare) else LayerPolicy()
 
 
 def binarizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -25,7 +67,8 @@ def binarizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name`` of ``model`` by ``new``."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
@@ -49,8 +92,8 @@ def binarize_(
         keep_first: override the method's policy for the first layer (True: stays float).
         keep_last: override the method's policy for the last layer.
 
-    Layers marked ``keep_float`` stay float. A model with ``float_layers_marked = True`` marks
-    every layer that must stay float itself, and the method's first/last policy does not apply.
+    Layers the model's :class:`LayerPolicy` keeps float stay float; a model whose policy says
+    ``first_last = False`` opts out of the method's first/last policy.
 
     The activation binarizer goes on every binarized layer except the first layer of the network,
     whose input is the data (BNN keeps the network input real). The binarized layers share the
@@ -59,24 +102,21 @@ def binarize_(
     quantizer = method.weight_quantizer()
     if quantizer is None:
         return model
-    # A model that marks all its float layers itself (keep_float; the character LSTM, whose first
-    # binarizable layer is one of its gate matrices) opts out of the method's first/last policy.
-    marked = getattr(model, "float_layers_marked", False)
-    kf = (method.keep_first and not marked) if keep_first is None else keep_first
-    kl = (method.keep_last and not marked) if keep_last is None else keep_last
+    policy = layer_policy(model)
+    kf = (method.keep_first and policy.first_last) if keep_first is None else keep_first
+    kl = (method.keep_last and policy.first_last) if keep_last is None else keep_last
     layers = binarizable_layers(model)
     for i, (name, m) in enumerate(layers):
         if isinstance(m, BinaryLinear | BinaryConv2d):  # re-binarizing: start from the float layer
             m = float_from_binary(m)
-        # a model may mark layers that must stay float (a ViT's patch embedding and head)
-        keep = (i == 0 and kf) or (i == len(layers) - 1 and kl) or getattr(m, "keep_float", False)
+        keep = (i == 0 and kf) or (i == len(layers) - 1 and kl) or name in policy.keep_float
         if keep or (filter_fn is not None and not filter_fn(name, m)):
-            _set_submodule(model, name, m)
+            set_submodule(model, name, m)
             continue
         act = method.activation_quantizer() if i > 0 else None
-        new = binary_from_float(m, quantizer, method.scale_rule, act)
+        new = binary_from_float(m, quantizer, method.weight_scale(), act)
         method.init_latent_(new)
-        _set_submodule(model, name, new)
+        set_submodule(model, name, new)
     return model
 
 
@@ -84,7 +124,7 @@ def unbinarize_(model: nn.Module) -> nn.Module:
     """Replace every binarized layer by its float parent (sharing parameters), in place."""
     for name, m in binarizable_layers(model):
         if isinstance(m, BinaryLinear | BinaryConv2d):
-            _set_submodule(model, name, float_from_binary(m))
+            set_submodule(model, name, float_from_binary(m))
     return model
 
 
@@ -117,8 +157,8 @@ def _macs(m: nn.Module, out: Tensor) -> int:
 def summary(model: nn.Module, example: Tensor) -> list[LayerSummary]:
     """One row per module that owns parameters, measured with one forward pass of ``example``.
 
-    Modules marked ``training_only`` (training state such as BiTAT's transform) are left out:
-    the summary describes the deployed model.
+    Weight parametrizations (training state such as BiTAT's transform) are left out: the summary
+    describes the deployed model.
 
     Args:
         model: the (possibly binarized) model.
@@ -142,16 +182,19 @@ def summary(model: nn.Module, example: Tensor) -> list[LayerSummary]:
         model.train(was_training)
         for h in hooks:
             h.remove()
+    training_only = {
+        id(x) for p in model.modules() if isinstance(p, WeightParametrization) for x in p.modules()
+    }
     rows = []
     for name, m in model.named_modules():
         own = list(m.parameters(recurse=False))
-        if not own or getattr(m, "training_only", False):  # e.g. BiTAT's transform: not deployed
+        if not own or id(m) in training_only:  # e.g. BiTAT's transform: not deployed
             continue
         n_all = sum(p.numel() for p in own)
         binary = isinstance(m, BinaryLinear | BinaryConv2d) and m.binary
         n_bin = m.weight.numel() if binary else 0
         n_scale = 0
-        if binary and m.scale_rule != "none":
+        if binary and not m.scale_rule.trivial:
             n_scale = m.alpha().numel()
         n_float = n_all - n_bin
         mac = macs.get(name, 0)

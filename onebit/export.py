@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from onebit.convert import _set_submodule, binarizable_layers
+from onebit.convert import binarizable_layers, set_submodule
 from onebit.errors import OnebitError
 from onebit.layers import float_from_binary, is_binary_layer
 
@@ -42,7 +42,7 @@ def hard_float_copy(model: nn.Module) -> nn.Module:
         if plain.bias is not None:
             plain.bias = nn.Parameter(plain.bias.detach().clone())
         new: nn.Module = nn.Sequential(SignAct(), plain) if layer.act is not None else plain
-        _set_submodule(m, name, new)
+        set_submodule(m, name, new)
     return m
 
 

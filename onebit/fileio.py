@@ -16,11 +16,17 @@ from pathlib import Path
 
 from onebit.errors import OnebitError
 
-__all__ = ["TMP_MARK", "atomic_write", "check_writable", "temp_path"]
+__all__ = ["TMP_MARK", "atomic_write", "check_writable", "temp_path", "user_cache_dir"]
 
 TMP_MARK = ".tmp-onebit-"
 """Part of every temporary name (``.<stem><TMP_MARK><random><suffix>``), so leftovers of a
 killed write can be recognized."""
+
+
+def user_cache_dir() -> Path:
+    """onebit's per-user cache folder: ``$XDG_CACHE_HOME/onebit`` (default ``~/.cache/onebit``)."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "onebit"
 
 
 def temp_path(path: Path) -> Path:

@@ -5,6 +5,11 @@ Forward (training): ``y = layer(a(x), alpha * q(w))`` where ``q`` is the method'
 binarizer. Forward (eval): the same with ``q.hard(w) = sign(w)``, so evaluation always measures the
 hard-binarized model a user deploys. With ``binary = False`` the layer acts as its float parent
 (used by layer-by-layer schedules).
+
+What a method plugs into a layer is declared here and nowhere else: the weight quantizer, the
+scale rule (:class:`onebit.quantizers.ScaleRule`, which may own a buffer on the layer), the
+activation binarizer, and optionally a :class:`WeightParametrization` (a trainable transform that
+produces the latent weight in training, e.g. BiTAT's). The layer knows no method by name.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from onebit.quantizers import scale
+from onebit.quantizers import NoScale, ScaleRule, scale_rule
 
 __all__ = [
     "BinaryConv2d",
     "BinaryLayer",
     "BinaryLinear",
+    "WeightParametrization",
     "WeightQuantizer",
     "is_binary_layer",
     "relaxed",
@@ -41,53 +47,103 @@ class WeightQuantizer(Protocol):
     def hard(self, w: Tensor) -> Tensor: ...
 
 
+class WeightParametrization(nn.Module):
+    """A trainable transform whose output is a binarized layer's latent weight during training.
+
+    The layer's own ``weight`` is kept equal to the transform's output after every optimizer step
+    (:meth:`step_`), so evaluation, checkpoints' ``weight`` entries, packing and export see an
+    ordinary binary layer; the transform's tensors are training state only (not deployed, left out
+    of :func:`onebit.convert.summary`). A subclass implements:
+
+    - ``forward() -> Tensor``: the latent weight ``W`` (the shape of ``weight``), differentiable in
+      the transform's parameters;
+    - :meth:`observe`: see the layer's (possibly binarized) input in training (default: ignore);
+    - :meth:`reset_`: set its parameters so that ``forward()`` equals a given weight;
+    - :meth:`step_`: after an optimizer step, update its own state and write ``W`` into ``weight``.
+    """
+
+    def observe(self, layer: nn.Module, x: Tensor) -> None:
+        """See the input batch ``x`` of ``layer`` (training only); default: nothing."""
+
+    def reset_(self, weight: Tensor) -> None:
+        """Make ``forward()`` equal ``weight`` (after weights were loaded into the layer)."""
+        raise NotImplementedError
+
+    def step_(self, weight: Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """After an optimizer step: update and write ``W`` into ``weight`` (default: just write).
+
+        ``optimizer`` is the one that stepped, for transforms whose update invalidates its state.
+        """
+        with torch.no_grad():
+            weight.copy_(self())
+
+
 class BinaryLayer:
-    """Shared behaviour of the binarized layers (a mixin over ``nn.Linear`` / ``nn.Conv2d``)."""
+    """Shared behaviour of the binarized layers (a mixin over ``nn.Linear`` / ``nn.Conv2d``).
+
+    Attributes:
+        quantizer: the training forward weight and its backward rule; ``hard`` for evaluation.
+        scale_rule: gives ``alpha`` (``alpha()``).
+        act: binarizer of the layer's input activations, or None.
+        binary: False makes the layer act as its float parent (layer-by-layer schedules).
+        relaxed: in eval mode, use the training forward weight ``q(w)`` instead of ``sign(w)``
+            (set by :func:`relaxed` to measure a relaxed model; off otherwise).
+    """
 
     weight: nn.Parameter
     training: bool
     quantizer: WeightQuantizer
-    scale_rule: str
+    scale_rule: ScaleRule
     act: Callable[[Tensor], Tensor] | None
     binary: bool
+    relaxed: bool
     _modules: dict[str, Any]
+
+    PARAMETRIZATION = "reparam"  # the child module's name (checkpoint keys ``<layer>.reparam.*``)
 
     def _init_binary(
         self,
         quantizer: WeightQuantizer,
-        scale_rule: str = "none",
+        scale: str | ScaleRule = "none",
         act: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.quantizer = quantizer
-        self.scale_rule = scale_rule
+        self.scale_rule = scale_rule(scale)
         self.act = act
         self.binary = True
+        self.relaxed = False
+        self.scale_rule.attach_(self)
+
+    @property
+    def parametrization(self) -> WeightParametrization | None:
+        """The layer's :class:`WeightParametrization`, or None."""
+        return self._modules.get(self.PARAMETRIZATION)
+
+    def parametrize_(self, p: WeightParametrization) -> WeightParametrization:
+        """Attach ``p``: in training the latent weight becomes ``p()``, and ``weight`` itself is no
+        longer trained directly (``p.step_`` keeps it equal to ``p()``)."""
+        self._modules[self.PARAMETRIZATION] = p
+        self.weight.requires_grad_(False)
+        return p
 
     def alpha(self) -> Tensor:
-        """The scale of the binary weight (detached): scalar or one per output channel.
-
-        Rule ``stored`` reads the layer's ``alpha_stored`` buffer, which a method's optimizer
-        keeps up to date (LAB's curvature-weighted scale cannot be computed from ``w`` alone).
-        """
-        if self.scale_rule == "stored":
-            return self.alpha_stored  # type: ignore[attr-defined]
-        return scale(self.weight, self.scale_rule)
+        """The scale of the binary weight (detached): scalar or one per output channel."""
+        return self.scale_rule(self)
 
     def forward_weight(self, hard: bool | None = None) -> Tensor:
         """The weight the forward pass uses: ``alpha * q(w)`` (training) or ``alpha * sign(w)``.
 
-        A layer may carry a ``reparam`` child module (BiTAT's transform): in training its output
-        is the latent weight (so gradients reach its parameters); the method keeps ``weight``
-        equal to it after every step, so evaluation and deployment read ``weight`` as usual.
+        With a parametrization, the training latent weight is its output (so gradients reach its
+        parameters); evaluation and deployment read ``weight``, which it keeps equal.
         """
         if hard is None:
-            hard = not self.training and not self.__dict__.get("_relaxed", False)
-        reparam = self._modules.get("reparam")
-        w = reparam() if reparam is not None and self.training and not hard else self.weight
+            hard = not self.training and not self.relaxed
+        p = self.parametrization
+        w = p() if p is not None and self.training and not hard else self.weight
         if not self.binary:
             return w
         wb = self.quantizer.hard(w) if hard else self.quantizer(w, self._buffer_for(w))
-        if self.scale_rule == "none":  # skip a useless multiply on the hot path
+        if self.scale_rule.trivial:  # skip a useless multiply on the hot path
             return wb
         return wb * self.alpha()
 
@@ -106,19 +162,19 @@ class BinaryLayer:
         return buf
 
     def forward_input(self, x: Tensor) -> Tensor:
-        """Binarize the input activations when the layer has an activation binarizer (and let a
-        ``reparam`` child observe the input the weight sees, in training)."""
+        """Binarize the input activations when the layer has an activation binarizer (and let the
+        parametrization observe the input the weight sees, in training)."""
         if self.act is not None and self.binary:
             x = self.act(x)
-        reparam = self._modules.get("reparam")
-        if reparam is not None and self.training:
-            reparam.observe(self, x)
+        p = self.parametrization
+        if p is not None and self.training:
+            p.observe(self, x)
         return x
 
     def binary_extra_repr(self) -> str:
         """Extra text for ``repr``."""
         act = type(self.act).__name__ if self.act is not None else None
-        return f"quantizer={type(self.quantizer).__name__}, scale={self.scale_rule}, act={act}"
+        return f"quantizer={type(self.quantizer).__name__}, scale={self.scale_rule.name}, act={act}"
 
 
 class BinaryLinear(BinaryLayer, nn.Linear):
@@ -131,7 +187,7 @@ class BinaryLinear(BinaryLayer, nn.Linear):
         bias: bool = True,
         *,
         quantizer: WeightQuantizer,
-        scale_rule: str = "none",
+        scale_rule: str | ScaleRule = "none",
         act: Callable[[Tensor], Tensor] | None = None,
         device: Any = None,
         dtype: Any = None,
@@ -162,7 +218,7 @@ class BinaryConv2d(BinaryLayer, nn.Conv2d):
         padding_mode: str = "zeros",
         *,
         quantizer: WeightQuantizer,
-        scale_rule: str = "none",
+        scale_rule: str | ScaleRule = "none",
         act: Callable[[Tensor], Tensor] | None = None,
         device: Any = None,
         dtype: Any = None,
@@ -198,12 +254,12 @@ def relaxed(model: nn.Module) -> Iterator[nn.Module]:
     """
     layers = [m for m in model.modules() if is_binary_layer(m)]
     for m in layers:
-        m.__dict__["_relaxed"] = True
+        m.relaxed = True
     try:
         yield model
     finally:
         for m in layers:
-            m.__dict__.pop("_relaxed", None)
+            m.relaxed = False
 
 
 def is_binary_layer(m: nn.Module) -> bool:
@@ -214,11 +270,15 @@ def is_binary_layer(m: nn.Module) -> bool:
 def binary_from_float(
     m: nn.Module,
     quantizer: WeightQuantizer,
-    scale_rule: str,
+    scale: str | ScaleRule,
     act: Callable[[Tensor], Tensor] | None,
 ) -> BinaryLinear | BinaryConv2d:
-    """A binarized copy of ``m`` (``nn.Linear`` or ``nn.Conv2d``) that shares its parameters."""
-    kw = {"quantizer": quantizer, "scale_rule": scale_rule, "act": act}
+    """A binarized copy of ``m`` (``nn.Linear`` or ``nn.Conv2d``) that shares its parameters.
+
+    The scale rule is attached after the parameters are shared, so state it registers (a
+    buffer) is made from the real weight.
+    """
+    kw = {"quantizer": quantizer, "scale_rule": NoScale(), "act": act}
     with torch.device("meta"):  # no allocation: the parameters are replaced by m's below
         if isinstance(m, nn.Linear):
             new: BinaryLinear | BinaryConv2d = BinaryLinear(
@@ -241,6 +301,8 @@ def binary_from_float(
             raise TypeError(f"cannot binarize {type(m).__name__}")
     new.weight = m.weight
     new.bias = m.bias
+    new.scale_rule = scale_rule(scale)
+    new.scale_rule.attach_(new)
     new.train(m.training)
     return new
 

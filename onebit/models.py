@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from onebit.convert import LayerPolicy
 from onebit.errors import OnebitError
 from onebit.recurrent import lstm_lm
 
@@ -295,9 +296,9 @@ class _ViTBlock(nn.Module):
 class ViT(nn.Module):
     """DeiT-style vision transformer: patch embedding, class token, learned positions, blocks, head.
 
-    The patch embedding and the head are marked ``keep_float`` (``binarize_`` leaves them float,
-    as the ProxConnect++ paper's ViT runs do [recon]); the attention and MLP Linear layers of every
-    block are binarizable.
+    The patch embedding and the head stay float under every method (its
+    :meth:`onebit_layer_policy`, as the ProxConnect++ paper's ViT runs do [recon]); the attention
+    and MLP Linear layers of every block are binarizable.
     """
 
     def __init__(
@@ -319,13 +320,15 @@ class ViT(nn.Module):
                 f"to divide dim ({dim})."
             )
         self.patch_embed = nn.Conv2d(c, dim, patch, stride=patch)
-        self.patch_embed.keep_float = True
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, (h // patch) * (w // patch) + 1, dim) * 0.02)
         self.blocks = nn.Sequential(*(_ViTBlock(dim, heads, mlp_ratio, act) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
-        self.head.keep_float = True
+
+    def onebit_layer_policy(self) -> LayerPolicy:
+        """Patch embedding and head float, whatever the method."""
+        return LayerPolicy(keep_float=frozenset({"patch_embed", "head"}))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.patch_embed(x).flatten(2).transpose(1, 2)

@@ -1,7 +1,8 @@
 """Pack a trained binarized torch model into a ``onebit.runtime.PackedModel`` (1 bit per weight).
 
 ``pack(model, in_shape)`` traces the model with ``torch.fx`` (onebit's layers, BatchNorm,
-activations, pooling and ResNet shortcuts are leaves) and turns every node into a runtime op:
+activations and pooling are leaves; other modules, e.g. ResNet shortcuts, are traced through) and
+turns every node into a runtime op:
 
 - a binary layer stores ``sign(w)`` as bits (``w >= 0`` -> set bit -> +1) and a per-output
   ``alpha``; with a binary input it runs as XNOR-popcount, else as binary-weight x float GEMM;
@@ -9,7 +10,9 @@ activations, pooling and ResNet shortcuts are leaves) and turns every node into 
   float weight and bias, or into the binary layer's per-channel ``alpha`` and ``beta``
   (``y = s * (alpha * dot + b) + t`` with ``s = gamma / sqrt(var + eps)``, ``t = beta - mean * s``);
   other BatchNorms become per-channel affine ops;
-- float layers stay float32.
+- float layers stay float32;
+- strided slicing (``x[:, :, ::2, ::2]``) and constant padding (``F.pad``) become the runtime's
+  generic ``slice`` and ``pad`` ops, their NCHW axes mapped to the runtime's NHWC layout.
 
 The packed model computes what ``model.eval()`` computes, up to float rounding.
 """
@@ -23,13 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import fx, nn
+from torch.nn import functional as F
 
 from onebit.errors import OnebitError
 from onebit.kernels import pack_bits
 from onebit.layers import is_binary_layer
-from onebit.models import _ShortcutA
 from onebit.quantizers import ActSign
 from onebit.runtime import Op, PackedModel
+from onebit.shapes import pair
 
 __all__ = ["pack"]
 
@@ -45,7 +49,6 @@ LEAVES = (
     nn.Flatten,
     nn.MaxPool2d,
     nn.AdaptiveAvgPool2d,
-    _ShortcutA,
 )
 
 
@@ -70,17 +73,28 @@ def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return s.detach(), t.detach()
 
 
-def _pair(v: Any) -> list[int]:
-    return [int(v), int(v)] if isinstance(v, int) else [int(v[0]), int(v[1])]
+# torch NCHW axis -> runtime NHWC axis, for 4-D values
+_NCHW_TO_NHWC = (0, 3, 1, 2)
+
+
+def _global_pool(output_size: Any) -> bool:
+    try:
+        return pair(output_size) == (1, 1)
+    except ValueError:  # e.g. (None, 1): keeps an input size
+        return False
 
 
 class _Packer:
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, in_shape: Sequence[int]) -> None:
         self.model = model
         self.modules = dict(model.named_modules())
         self.ops: list[Op] = []
         self.tensors: dict[str, np.ndarray] = {}
         self.alias: dict[str, str] = {}  # fx node name -> value name (for no-op nodes)
+        # value name -> (rank in torch, rank in the runtime); they differ after a global pool,
+        # which torch keeps as (N, C, 1, 1) and the runtime as (N, C)
+        d = 1 + len(in_shape)
+        self.ndim: dict[str, tuple[int, int]] = {"input": (d, d)}
 
     def value(self, node: Any) -> str:
         if not isinstance(node, fx.Node):
@@ -92,10 +106,101 @@ class _Packer:
         self.tensors[key] = arr
         return key
 
-    def emit(self, op: str, name: str, inputs: list[str], attrs=None, tensors=None) -> Op:
+    def emit(
+        self,
+        op: str,
+        name: str,
+        inputs: list[str],
+        attrs: dict[str, Any] | None = None,
+        tensors: dict[str, str] | None = None,
+    ) -> Op:
         o = Op(op, name, inputs, attrs or {}, tensors or {})
         self.ops.append(o)
+        if op in ("linear", "flatten"):
+            self.ndim[name] = (2, 2)
+        elif op in ("conv", "maxpool"):
+            self.ndim[name] = (4, 4)
+        elif op == "avgpool":
+            self.ndim[name] = (4, 2)
+        elif inputs and all(i in self.ndim for i in inputs):  # elementwise, slice, pad
+            self.ndim[name] = max(self.ndim[i] for i in inputs)
         return o
+
+    def axes(self, node: fx.Node, x: str) -> tuple[int, ...]:
+        """Runtime axis of each torch axis of value ``x``: NCHW -> NHWC for 4-D values."""
+        if x not in self.ndim:
+            raise OnebitError(f"cannot pack {node.name}: the rank of its input is unknown.")
+        t, r = self.ndim[x]
+        if t != r:
+            raise OnebitError(
+                f"cannot pack {node.name}: it slices or pads a globally pooled value, which "
+                "the runtime holds as (N, C) where torch has (N, C, 1, 1)."
+            )
+        return _NCHW_TO_NHWC if t == 4 else tuple(range(t))
+
+    # -- generic tensor ops -------------------------------------------------------------------
+
+    def getitem(self, node: fx.Node) -> None:
+        """``x[idx]`` with slices (and ``...``) only: a runtime ``slice`` op.
+
+        Each torch axis ``i`` gets ``[start, stop, step]`` (``None`` start = 0, ``None`` step =
+        1, ``None`` stop = to the end) and goes to runtime axis ``axes[i]``.
+        """
+        src, idx = node.args[0], node.args[1]
+        x = self.value(src)
+        axes = self.axes(node, x)
+        items = list(idx) if isinstance(idx, tuple) else [idx]
+        if items.count(Ellipsis) > 1:
+            raise OnebitError(f"cannot pack {node.name}: an index with two '...'.")
+        if Ellipsis in items:
+            i = items.index(Ellipsis)
+            items[i : i + 1] = [slice(None)] * (len(axes) - len(items) + 1)
+        if len(items) > len(axes):
+            raise OnebitError(f"cannot pack {node.name}: too many indices for its input.")
+        slices: list[list[int | None]] = [[0, None, 1] for _ in axes]
+        for axis, it in enumerate(items):
+            ok = isinstance(it, slice) and all(
+                v is None or (isinstance(v, int) and not isinstance(v, bool))
+                for v in (it.start, it.stop, it.step)
+            )
+            if not ok or (it.step is not None and it.step < 1):
+                raise OnebitError(
+                    f"cannot pack {node.name}: only indexing by slices with constant ints and "
+                    f"step >= 1 is supported (got {it!r})."
+                )
+            start = 0 if it.start is None else it.start
+            slices[axes[axis]] = [start, it.stop, 1 if it.step is None else it.step]
+        self.emit("slice", node.name, [x], {"slices": slices})
+
+    def pad(self, node: fx.Node) -> None:
+        """``F.pad(x, pad, "constant", value)``: a runtime ``pad`` op.
+
+        torch's ``pad`` lists ``(before, after)`` for the last axis first, then the one before
+        it, ...; each torch axis goes to runtime axis ``axes[i]``. ``value`` None means 0.
+        """
+        args = list(node.args) + [None] * (4 - len(node.args))
+        kw = node.kwargs
+        pads = kw.get("pad", args[1])
+        mode = kw.get("mode", args[2] if args[2] is not None else "constant")
+        value = kw.get("value", args[3])
+        x = self.value(args[0])
+        axes = self.axes(node, x)
+        value = 0.0 if value is None else value
+        if mode != "constant" or not isinstance(value, int | float) or isinstance(value, bool):
+            raise OnebitError(f"cannot pack {node.name}: only constant padding by a number.")
+        if (
+            not isinstance(pads, list | tuple)
+            or len(pads) % 2
+            or len(pads) > 2 * len(axes)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pads)
+        ):
+            raise OnebitError(
+                f"cannot pack {node.name}: padding must be constant ints >= 0, got {pads!r}."
+            )
+        out: list[list[int]] = [[0, 0] for _ in axes]
+        for i in range(len(pads) // 2):
+            out[axes[len(axes) - 1 - i]] = [pads[2 * i], pads[2 * i + 1]]
+        self.emit("pad", node.name, [x], {"pads": out, "value": float(value)})
 
     # -- layers -------------------------------------------------------------------------------
 
@@ -103,7 +208,7 @@ class _Packer:
         """A Linear/Conv (binary or float), with the BatchNorm that follows folded in."""
         name = node.name
         is_conv = isinstance(m, nn.Conv2d)
-        if is_conv and (_pair(m.dilation) != [1, 1] or m.padding_mode != "zeros"):
+        if is_conv and (pair(m.dilation) != (1, 1) or m.padding_mode != "zeros"):
             raise OnebitError(f"cannot pack {node.target}: dilated or non-zero-padded conv.")
         w = m.weight.detach().float()
         if is_conv:  # torch (Cout, Cin/g, kh, kw) -> (Cout, kh, kw, Cin/g): NHWC im2col order
@@ -116,9 +221,9 @@ class _Packer:
         attrs: dict[str, Any]
         if is_conv:
             attrs = {
-                "kernel_size": _pair(m.kernel_size),
-                "stride": _pair(m.stride),
-                "padding": _pair(m.padding),
+                "kernel_size": list(pair(m.kernel_size)),
+                "stride": list(pair(m.stride)),
+                "padding": list(pair(m.padding)),
                 "in_channels": m.in_channels,
                 "out_channels": m.out_channels,
             }
@@ -180,6 +285,10 @@ class _Packer:
                 self.emit("add", node.name, [self.value(a), self.value(b)])
             elif node.op == "call_function" and node.target is torch.flatten:
                 self.emit("flatten", node.name, [self.value(node.args[0])])
+            elif node.op == "call_function" and node.target is operator.getitem:
+                self.getitem(node)
+            elif node.op == "call_function" and node.target is F.pad:
+                self.pad(node)
             else:
                 raise OnebitError(
                     f"cannot pack the operation {node.op} {node.target} (node {node.name}); "
@@ -216,13 +325,11 @@ class _Packer:
                 raise OnebitError(f"cannot pack {node.target}: only square, unpadded max pooling.")
             self.emit("maxpool", node.name, [self.value(x)], {"kernel_size": k, "stride": s})
         elif isinstance(m, nn.AdaptiveAvgPool2d):
-            if _pair(m.output_size) != [1, 1]:
+            if not _global_pool(m.output_size):
                 raise OnebitError(f"cannot pack {node.target}: only global average pooling.")
             self.emit("avgpool", node.name, [self.value(x)])
             # torch keeps (N, C, 1, 1); the runtime's global pool gives (N, C), and the flatten
             # that follows in onebit's models is then a no-op on 2-D values
-        elif isinstance(m, _ShortcutA):
-            self.emit("shortcut_a", node.name, [self.value(x)], {"stride": m.stride, "pad": m.pad})
         else:
             raise OnebitError(f"cannot pack module {node.target} of type {type(m).__name__}.")
 
@@ -326,7 +433,7 @@ def pack(
         ) from None
     finally:
         model.train(was_training)
-    packer = _Packer(model)
+    packer = _Packer(model, in_shape)
     with torch.no_grad():
         packer.run(graph)
     targets = {n.name: str(n.target) for n in graph.nodes if n.op == "call_module"}

@@ -1,6 +1,6 @@
 """Sign functions with their backward rules, and scale rules.
 
-Notation (see PAPERS.md): ``w`` is the latent real weight the optimizer updates, ``wb`` the weight
+Notation (docs/methods.md): ``w`` is the latent real weight the optimizer updates, ``wb`` the weight
 the forward pass uses, ``g = dL/dwb``. ``sign(0) = +1`` everywhere in onebit.
 
 A *weight quantizer* is a small frozen dataclass with two methods:
@@ -8,27 +8,37 @@ A *weight quantizer* is a small frozen dataclass with two methods:
 - ``__call__(w)``: the training-time forward weight, carrying the method's backward rule;
 - ``hard(w)``: the deployed weight, always ``sign(w)`` (values in {-1, +1}).
 
-Scale rules turn a latent weight into ``alpha`` (a scalar or one value per output channel); the
-binarized layer uses ``alpha * quantizer(w)``. ``alpha`` is detached: no gradient flows through it
-(the convention of BWN/XNOR-Net implementations and of LAB, PAPERS.md).
+A *scale rule* (:class:`ScaleRule`) turns a layer into ``alpha`` (a scalar or one value per output
+channel); the binarized layer uses ``alpha * quantizer(w)``. ``alpha`` is detached: no gradient
+flows through it (the convention of BWN/XNOR-Net implementations and of LAB, docs/methods.md). A
+rule may own state on the layer (LAB's curvature-weighted scale keeps a buffer): it registers it in
+:meth:`ScaleRule.attach_`.
+
+:func:`sign_into` is an overridable torch function (``torch.overrides``): a ``TorchFunctionMode``
+such as :class:`onebit.gemm.NativeCPU` may run it natively; nothing here knows about that.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+from torch.overrides import handle_torch_function, has_torch_function
 
-from onebit import gemm
 from onebit.errors import OnebitError
 
 __all__ = [
     "SCALES",
     "ActSign",
+    "ChannelScale",
     "GroupClip",
     "Identity",
+    "LayerScale",
+    "NoScale",
     "ProxRamp",
+    "ScaleRule",
     "SignHtanh",
     "SignIdentity",
     "SignMaskedSTE",
@@ -38,7 +48,9 @@ __all__ = [
     "StochasticSign",
     "StochasticSignSTE",
     "scale",
+    "scale_rule",
     "sign",
+    "sign_into",
     "signswish",
     "signswish_grad",
 ]
@@ -54,10 +66,13 @@ def sign(x: Tensor) -> Tensor:
 
 
 def sign_into(x: Tensor, out: Tensor) -> Tensor:
-    """``sign(x)`` written into the preallocated ``out`` (no allocation on the training hot path);
-    one native pass while :mod:`onebit.gemm` holds the threads."""
-    if gemm.sign_into(x, out):
-        return out
+    """``sign(x)`` written into the preallocated ``out`` (no allocation on the training hot path).
+
+    Overridable (``torch.overrides.handle_torch_function``): an active ``TorchFunctionMode`` sees
+    the call as ``func is sign_into`` and may compute it another way with the same result.
+    """
+    if has_torch_function((x, out)):
+        return handle_torch_function(sign_into, (x, out), x, out)
     torch.add(x, 0.0, out=out)
     return torch.copysign(torch.ones((), dtype=x.dtype, device=x.device), out, out=out)
 
@@ -154,7 +169,7 @@ class StochasticSign:
         return StochasticSignSTE.apply(w)
 
     def hard(self, w: Tensor) -> Tensor:
-        """Deployed weight ``sign(w)`` (we report the binary model, PAPERS.md)."""
+        """Deployed weight ``sign(w)`` (we report the binary model, docs/methods.md#bc)."""
         return sign(w)
 
 
@@ -174,7 +189,7 @@ def signswish(x: Tensor, b: float) -> Tensor:
     """SignSwish ``SS_b(x) = 2 sigmoid(bx) (1 + bx (1 - sigmoid(bx))) - 1`` (Darabi et al. 2018).
 
     A smooth sign that tends to ``sign(x)`` as ``b`` grows; it overshoots to about 1.2 near
-    ``x = 2.4 / b`` (so a forward pass with it is not in [-1, 1]). BNN+/BNN++, PAPERS.md section 1.
+    ``x = 2.4 / b`` (so a forward pass with it is not in [-1, 1]). BNN+/BNN++, docs/methods.md#proxconnect-family.
     """
     bx = b * x
     s = torch.sigmoid(bx)
@@ -239,7 +254,7 @@ class ProxRamp:
     """ProxConnect's forward ``F = P_mu``: ``wb = clip(mu * w / s, -1, 1)``, backward identity.
 
     ``s = mean|w|`` of the layer (detached) measures ``w`` in units of its own magnitude, so one
-    steepness schedule fits layers of any fan-in and any initialization (our choice; PAPERS.md
+    steepness schedule fits layers of any fan-in and any initialization (our choice; docs/methods.md
     gives the ramp ``clip(mu * w, -1, 1)`` for weights of unit scale). As ``mu`` grows the ramp
     tends to ``sign``. Deployed: ``sign(w)``.
     """
@@ -329,25 +344,77 @@ class GroupClip:
         return sign(w)
 
 
-def _scale_none(w: Tensor) -> Tensor:
-    return torch.ones((), dtype=w.dtype, device=w.device)
+class ScaleRule:
+    """How a binarized layer's ``alpha`` is found; ``alpha`` is always detached.
+
+    ``rule(layer)`` is the scale the layer's forward pass multiplies ``q(w)`` by. A rule that is a
+    function of the latent weight alone implements :meth:`of`; a rule with state of its own
+    (LAB's) registers it on the layer in :meth:`attach_` and reads it in ``__call__``.
+    """
+
+    name: ClassVar[str] = ""
+    trivial: ClassVar[bool] = False  # alpha = 1: the layer skips the multiply
+
+    def attach_(self, layer: Any) -> None:
+        """Give a freshly binarized layer the state this rule keeps (default: none)."""
+
+    def of(self, w: Tensor) -> Tensor:
+        """``alpha`` as a function of the latent weight ``w``."""
+        raise NotImplementedError(f"scale rule {self.name!r} is not a function of w alone")
+
+    def __call__(self, layer: Any) -> Tensor:
+        return self.of(layer.weight)
 
 
-def _scale_layer(w: Tensor) -> Tensor:
-    return w.detach().abs().mean()
+@dataclass(frozen=True)
+class NoScale(ScaleRule):
+    """``alpha = 1`` (BinaryConnect, BNN, iterative training)."""
+
+    name: ClassVar[str] = "none"
+    trivial: ClassVar[bool] = True
+
+    def of(self, w: Tensor) -> Tensor:
+        return torch.ones((), dtype=w.dtype, device=w.device)
 
 
-def _scale_channel(w: Tensor) -> Tensor:
-    # (out, ...) -> (out, 1, ..., 1): one alpha per output channel, broadcast over the rest.
-    wd = w.detach()
-    return wd.abs().flatten(1).mean(1).view(-1, *([1] * (w.dim() - 1)))
+@dataclass(frozen=True)
+class LayerScale(ScaleRule):
+    """``alpha = mean(|w|)`` over the whole tensor (BWN per layer)."""
+
+    name: ClassVar[str] = "layer"
+
+    def of(self, w: Tensor) -> Tensor:
+        return w.detach().abs().mean()
 
 
-SCALES = {"none": _scale_none, "layer": _scale_layer, "channel": _scale_channel}
+@dataclass(frozen=True)
+class ChannelScale(ScaleRule):
+    """``alpha_o = mean(|w_o|)`` per output channel ``o`` (BWN/XNOR-Net)."""
+
+    name: ClassVar[str] = "channel"
+
+    def of(self, w: Tensor) -> Tensor:
+        # (out, ...) -> (out, 1, ..., 1): one alpha per output channel, broadcast over the rest.
+        wd = w.detach()
+        return wd.abs().flatten(1).mean(1).view(-1, *([1] * (w.dim() - 1)))
 
 
-def scale(w: Tensor, rule: str) -> Tensor:
-    """The scale ``alpha`` of latent weight ``w`` under ``rule``.
+SCALES: dict[str, ScaleRule] = {r.name: r for r in (NoScale(), LayerScale(), ChannelScale())}
+"""The scale rules a config can name (``method.scale``)."""
+
+
+def scale_rule(rule: str | ScaleRule) -> ScaleRule:
+    """The rule ``rule`` names (``none``, ``layer`` or ``channel``), or ``rule`` itself."""
+    if isinstance(rule, ScaleRule):
+        return rule
+    try:
+        return SCALES[rule]
+    except KeyError:
+        raise OnebitError(f"unknown scale rule {rule!r}; accepted: {', '.join(SCALES)}.") from None
+
+
+def scale(w: Tensor, rule: str | ScaleRule) -> Tensor:
+    """The scale ``alpha`` of latent weight ``w`` under ``rule`` (a rule that is a function of ``w``).
 
     - ``none``: ``alpha = 1``;
     - ``layer``: ``alpha = mean(|w|)`` over the whole tensor (BWN per layer);
@@ -355,8 +422,4 @@ def scale(w: Tensor, rule: str) -> Tensor:
 
     ``alpha`` is computed from ``w.detach()``: no gradient flows through it.
     """
-    try:
-        fn = SCALES[rule]
-    except KeyError:
-        raise OnebitError(f"unknown scale rule {rule!r}; accepted: {', '.join(SCALES)}.") from None
-    return fn(w)
+    return scale_rule(rule).of(w)

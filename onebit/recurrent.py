@@ -11,7 +11,7 @@ from the zero state ``h_0 = c_0 = 0``. Each of the eight matrices (``W_i*``: ``H
 input-to-gate, ``W_h*``: ``H x H`` hidden-to-gate) is its own ``nn.Linear`` (``ih_i``, ``ih_f``,
 ``ih_g``, ``ih_o``, ``hh_i``, ..., ``hh_o``), so :func:`onebit.binarize_` turns each into a
 ``BinaryLinear`` with its own scale: ``W -> alpha_W q(W)`` (and, for LAB, its own second-moment
-accumulator), as LAB binarizes recurrent nets (PAPERS.md section 2). The biases (on the ``ih_*``
+accumulator), as LAB binarizes recurrent nets (docs/methods.md#recurrent). The biases (on the ``ih_*``
 layers; the ``hh_*`` layers have none) stay float.
 
 Speed: the eight forward weights are computed once per call (per sequence batch), not per time
@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from onebit.convert import LayerPolicy
 from onebit.errors import OnebitError
 from onebit.layers import is_binary_layer
 
@@ -139,12 +140,10 @@ class CharLSTM(nn.Module):
     PyTorch's layout for cross-entropy over sequences), the logits at ``t`` predicting
     ``x_{t+1}``. Every sequence starts from the zero state (no state is carried between batches).
 
-    Only the LSTM's gate matrices are binarized: the output layer is marked ``keep_float`` and the
-    model sets ``float_layers_marked``, so :func:`onebit.binarize_` binarizes every gate matrix and
-    keeps the output layer float whatever a method's first/last-layer policy, as in LAB.
+    Only the LSTM's gate matrices are binarized: the model's layer policy keeps the output layer
+    float and opts out of the first/last-layer policy, so :func:`onebit.binarize_` binarizes every
+    gate matrix and keeps the readout float whatever the method, as in LAB.
     """
-
-    float_layers_marked = True
 
     def __init__(self, vocab: int, hidden: int = 512, layers: int = 1) -> None:
         super().__init__()
@@ -158,7 +157,10 @@ class CharLSTM(nn.Module):
             LSTMLayer(vocab if k == 0 else hidden, hidden, one_hot=k == 0) for k in range(layers)
         )
         self.out = nn.Linear(hidden, vocab)
-        self.out.keep_float = True
+
+    def onebit_layer_policy(self) -> LayerPolicy:
+        """Every gate matrix binary, the readout float, no first/last rule."""
+        return LayerPolicy(keep_float=frozenset({"out"}), first_last=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, V, T)`` for token ids ``x`` ``(N, T)`` (floats holding ids are accepted)."""

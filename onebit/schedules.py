@@ -1,6 +1,6 @@
 """Layer-by-layer binarization schedules: which layers are binary at each point of training.
 
-Iterative training (Lan 2021, arXiv 2111.07046, PAPERS.md section 3) binarizes layers one at a
+Iterative training (Lan 2021, arXiv 2111.07046, docs/methods.md#iterative) binarizes layers one at a
 time and keeps them binary. With ``order`` a list of layer names and ``E = epochs_per_layer``,
 before epoch ``e`` (0-based) layer ``order[floor(e / E)]`` switches to binary, so
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from typing import Any
 from torch import nn
 
 from onebit.errors import OnebitError
+from onebit.fileio import atomic_write
 from onebit.layers import is_binary_layer
 
 __all__ = [
@@ -126,7 +126,7 @@ class Ranking:
         return [self.layers[i][0] for i in idx]
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document (``onebit.report`` reads ``layers[].name`` and ``layers[].val_acc``)."""
+        """The JSON document (``onebit.experiments.report`` reads ``layers[].name`` and ``layers[].val_acc``)."""
         extra = dict(self.extra or {})
         per_layer = extra.pop("per_layer", {})
         return {
@@ -145,10 +145,7 @@ def write_ranking(path: str | Path, ranking: Ranking) -> Path:
     """Write ``ranking`` as JSON atomically (temporary name, then rename); returns the path."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(ranking.to_dict(), indent=2) + "\n")
-    os.replace(tmp, p)
-    return p
+    return atomic_write(p, json.dumps(ranking.to_dict(), indent=2) + "\n")
 
 
 def read_ranking(path: str | Path) -> Ranking:

@@ -26,7 +26,9 @@ def pair(v: int | Sequence[int], name: str = "value") -> tuple[int, int]:
         raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}") from None
 
 
-def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+def conv_output_size(
+    size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1
+) -> int:
     """Output length of a convolution or pooling window along one axis:
     ``floor((size + 2 * padding - dilation * (kernel - 1) - 1) / stride) + 1``."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1

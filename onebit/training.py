@@ -1,12 +1,13 @@
-"""One plain training loop: train(), evaluate(), atomic checkpoints, resume, DDP under torchrun.
+"""One plain training loop: train(), evaluate(), the recipe (TrainConfig), DDP under torchrun.
 
 Every epoch: set the learning rate from a pure function of the epoch, let the method update its
 schedule, train over the shuffled training set (order seeded by ``seed`` and the epoch), apply the
 method's after-step hook (latent clipping, proximal steps), then evaluate the hard-binarized model
 (``model.eval()`` makes binary layers use ``sign(w)``) on validation and test, write one JSON line of
-metrics and a checkpoint (model, optimizer, epoch, RNG state, history) to a temporary file renamed
-over the old one. ``resume=True`` restores all of it, so a killed run continues to the same result
-as an uninterrupted one.
+metrics and a checkpoint (model, optimizer, epoch, RNG state, history; ``onebit.checkpoint``) to a
+temporary file renamed over the old one. ``resume=True`` restores all of it, so a killed run
+continues to the same result as an uninterrupted one. Process-wide torch settings (threads,
+determinism, the CPU GEMM mode) hold for the run and are restored when it ends.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,29 +27,99 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from onebit.config import TrainConfig
+from onebit.checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    load_init_,
+    load_model_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from onebit.data import Dataset, Split, batches, num_batches
 from onebit.errors import OnebitError
+from onebit.fileio import atomic_write
 from onebit.gemm import gemm_backend
 from onebit.layers import is_binary_layer, relaxed
 from onebit.methods import Method
 from onebit.schedules import is_partial
+from onebit.settings import default_threads, torch_settings
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "LOSSES",
+    "SCHEDULES",
     "History",
+    "TrainConfig",
     "evaluate",
     "load_checkpoint",
     "lr_at",
+    "make_optimizer",
     "save_checkpoint",
+    "seed_everything",
     "squared_hinge",
     "train",
 ]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "onebit-checkpoint"
-CHECKPOINT_VERSION = 1
+
+@dataclass
+class TrainConfig:
+    """The training recipe.
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size: global batch size (split across processes under torchrun).
+        optimizer: ``adam`` or ``sgd``.
+        lr: initial learning rate.
+        lr_final: last-epoch learning rate for ``exp`` and ``cosine`` schedules.
+        schedule: ``constant``, ``exp`` (geometric from lr to lr_final, per epoch), ``exp_step``
+            (the same decay at every step, reaching lr_final at the end, as Keras), ``cosine``,
+            ``multistep`` (times ``gamma`` at each of ``milestones``).
+        milestones: epochs at which ``multistep`` multiplies the rate by ``gamma``.
+        gamma: the ``multistep`` factor.
+        momentum: SGD momentum. nesterov: Nesterov momentum for SGD.
+        weight_decay: L2 penalty (SGD) or decoupled decay (AdamW-style is not used: Adam's own).
+        loss: ``ce`` (cross-entropy) or ``hinge`` (squared hinge, BinaryConnect/LAB).
+        grad_clip: clip the gradient norm to this value (None: off).
+        seed: seed of initialization, data order and stochastic binarization.
+        threads: torch threads per process (0: all cores divided by the number of processes).
+        deterministic: ask torch for deterministic algorithms (during the run).
+        compile: wrap the model in ``torch.compile``.
+        gemm: the kernel of the fully connected layers' matrix products on the CPU
+            (:mod:`onebit.gemm`): ``torch`` (torch's own), ``onebit`` (the native AVX-512 kernel,
+            which then also takes the run's threads while torch's other ops run on one), or
+            ``auto`` (``onebit`` only for models whose parameters all sit in linear and
+            normalization layers, and only where a short measurement on this machine, cached,
+            found the kernel faster than torch's; ``torch`` otherwise, and always under
+            ``compile``).
+        channels_last: use the channels-last memory format for conv nets.
+        eval_batch_size: batch size of evaluation.
+        tensorboard: also write TensorBoard event files into the run folder (needs tensorboard).
+    """
+
+    epochs: int = 10
+    batch_size: int = 100
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    lr_final: float | None = None
+    schedule: str = "constant"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    loss: str = "ce"
+    grad_clip: float | None = None
+    seed: int = 0
+    threads: int = 0
+    deterministic: bool = True
+    compile: bool = False
+    gemm: str = "auto"
+    channels_last: bool = True
+    eval_batch_size: int = 1000
+    tensorboard: bool = False
 
 
 @dataclass
@@ -109,6 +179,7 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
+SCHEDULES = ("constant", "exp", "exp_step", "cosine", "multistep")
 PER_STEP_SCHEDULES = frozenset({"exp_step"})
 """Schedules whose rate changes every optimizer step, not once per epoch."""
 
@@ -124,8 +195,13 @@ def lr_at(epoch: int, cfg: TrainConfig, frac: float = 0.0) -> float:
       at every step and reaching lr_final at the end of training, as Keras' ``ExponentialDecay``;
     - ``cosine``: ``lr_final + (lr - lr_final) * (1 + cos(pi * epoch / epochs)) / 2``;
     - ``multistep``: ``lr * gamma ** (number of milestones <= epoch)``.
+
+    Raises:
+        OnebitError: an unknown schedule.
     """
     final = cfg.lr_final if cfg.lr_final is not None else 0.0
+    if cfg.schedule == "constant":
+        return cfg.lr
     if cfg.schedule in ("exp", "exp_step"):
         final = cfg.lr_final if cfg.lr_final is not None else cfg.lr * 0.1
         if cfg.schedule == "exp_step":
@@ -135,7 +211,7 @@ def lr_at(epoch: int, cfg: TrainConfig, frac: float = 0.0) -> float:
         return final + (cfg.lr - final) * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
     if cfg.schedule == "multistep":
         return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-    return cfg.lr
+    raise OnebitError(f"unknown train.schedule {cfg.schedule!r}; accepted: {', '.join(SCHEDULES)}.")
 
 
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -192,70 +268,13 @@ def _init_distributed() -> _Dist:
     return _Dist(dist.get_rank(), dist.get_world_size())
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    np_state = state["numpy"]
-    np.random.set_state((np_state[0], np_state[1].numpy(), *np_state[2:]))
-
-
 def seed_everything(seed: int) -> None:
     """Seed torch, numpy and python's RNGs."""
+    import random
+
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(path: str | Path, **state: Any) -> None:
-    """Write a checkpoint atomically (temporary file, then rename): never a half-written file."""
-    _atomic_save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, Path(path))
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a onebit checkpoint safely (``weights_only``); bad files raise one clear OnebitError."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "last.pt"
-    if not p.is_file():
-        raise OnebitError(f"{p} does not exist; pass a run folder or its last.pt/best.pt.")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a foreign file
-        raise OnebitError(f"{p} is not a onebit checkpoint ({type(e).__name__}).") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise OnebitError(f"{p} is not a onebit checkpoint (no onebit format tag).")
-    if state.get("version", 0) > CHECKPOINT_VERSION:
-        raise OnebitError(
-            f"{p} was written by a newer onebit (checkpoint version {state['version']}); upgrade onebit."
-        )
-    return state
-
-
-def load_model_state(model: nn.Module, state: dict[str, Tensor], where: str) -> None:
-    """Load a state dict, turning a mismatch into one sentence about which model it came from."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
-        raise OnebitError(
-            f"{where} holds weights of a different model than the one configured ({first.strip()})."
-        ) from None
 
 
 @torch.no_grad()
@@ -334,45 +353,47 @@ def _has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def train(
+@dataclass
+class _Run:
+    """What one call of :func:`train` holds between epochs."""
+
+    model: nn.Module
+    net: nn.Module  # the model as stepped: DDP and/or torch.compile around it
+    method: Method
+    data: Dataset
+    cfg: TrainConfig
+    opt: torch.optim.Optimizer
+    dist: _Dist
+    out: Path | None
+    history: History
+    start: int
+    channels_last: bool
+    teacher: nn.Module | None
+    extra_state: dict[str, Any]
+    progress: bool
+    board: Any = None
+
+
+def _threads(cfg: TrainConfig, dist: _Dist) -> int | None:
+    """torch threads of the run: the recipe's, or the CPUs shared by the processes under torchrun
+    (None: leave torch's setting)."""
+    if cfg.threads > 0:
+        return cfg.threads
+    return default_threads(dist.world_size) if dist.world_size > 1 else None
+
+
+def _setup(
     model: nn.Module,
     method: Method,
     data: Dataset,
     cfg: TrainConfig,
-    *,
-    run_dir: str | Path | None = None,
-    resume: bool = False,
-    progress: bool = False,
-    extra_state: dict[str, Any] | None = None,
-) -> History:
-    """Train ``model`` (already binarized by ``onebit.binarize_``) with ``method`` under ``cfg``.
-
-    Args:
-        model: the model to train in place.
-        method: supplies optimizer (when it carries one), per-epoch and after-step hooks.
-        data: train/val/test splits.
-        cfg: the recipe.
-        run_dir: where metrics.jsonl, last.pt (full checkpoint) and best.pt (weights at the best
-            validation epoch) go; None keeps everything in memory.
-        resume: continue from ``run_dir/last.pt`` when it exists.
-        progress: show a progress bar (main process only).
-        extra_state: merged into every checkpoint (``onebit.runs`` stores the config there).
-
-    Returns:
-        The history; ``history.summary()`` has the test accuracy at the best validation epoch and at
-        the last one, both of the hard-binarized model.
-    """
-    dist = _init_distributed()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    elif dist.world_size > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world_size))
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if cfg.batch_size % dist.world_size:
-        raise OnebitError(
-            f"train.batch_size {cfg.batch_size} must be divisible by the {dist.world_size} processes."
-        )
+    dist: _Dist,
+    run_dir: str | Path | None,
+    resume: bool,
+    teacher: nn.Module | None,
+) -> _Run:
+    """Memory format, optimizer, the run's start (a checkpoint to resume, or the method's init
+    weights), DDP and compile wrappers, the metrics file and TensorBoard."""
     channels_last = cfg.channels_last and _has_conv(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -388,129 +409,206 @@ def train(
         state = load_checkpoint(out / "last.pt")
         load_model_state(model, state["model"], str(out / "last.pt"))
         opt.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         history.epochs = list(state["history"])
         start = state["epoch"] + 1
         log.info("resuming %s at epoch %d", out, start + 1)
+    elif method.init_checkpoint is not None:  # a resumed run keeps its own weights
+        load_init_(model, method.init_checkpoint)
+        log.info("starting from %s", method.init_checkpoint)
+    if method.distill_from is not None and teacher is None:
+        raise OnebitError(
+            f"method {method.name!r} distils from {method.distill_from}: pass its model as "
+            "train(..., teacher=...) (onebit's runs load it themselves)."
+        )
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
     net: nn.Module = model
     if dist.world_size > 1:
         net = nn.parallel.DistributedDataParallel(model)
     if cfg.compile:
         net = torch.compile(net)
-    loss_fn = LOSSES[cfg.loss]
-    steps = num_batches(len(data.train), cfg.batch_size, drop_last=False)
+    run = _Run(model, net, method, data, cfg, opt, dist, out, history, start, channels_last,
+               teacher, {}, False)  # fmt: skip
     if out is not None and dist.main:
         _rewrite_metrics(out / "metrics.jsonl", history.epochs)
-    board = _tensorboard(out) if cfg.tensorboard and out is not None and dist.main else None
-    # the kernel of the linear layers' products (onebit.gemm); torch.compile keeps torch's own
-    gemm = "torch" if cfg.compile else cfg.gemm
-    with gemm_backend(gemm, model) as kernel:
-        if dist.main and kernel != "torch":
-            log.info("matrix products of linear layers: %s kernel", kernel)
-        for epoch in range(start, cfg.epochs):
-            t0 = time.perf_counter()
-            lr = lr_at(epoch, cfg)
+        if cfg.tensorboard:
+            run.board = _tensorboard(out)
+    return run
+
+
+def _train_epoch(run: _Run, epoch: int, lr: float) -> tuple[float, dict[str, Any]]:
+    """One pass over the shuffled training set at base rate ``lr`` (per-step schedules change it
+    as they go); returns the last rate and the train metrics."""
+    model, method, cfg, opt = run.model, run.method, run.cfg, run.opt
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    model.train()
+    it = batches(
+        run.data.train,
+        cfg.batch_size,
+        mean=run.data.mean,
+        std=run.data.std,
+        shuffle=True,
+        generator=gen,
+        augment=run.data.augment,
+        rank=run.dist.rank,
+        world_size=run.dist.world_size,
+        channels_last=run.channels_last,
+    )
+    steps = num_batches(len(run.data.train), cfg.batch_size, drop_last=False)
+    bar = _bar(it, steps, f"epoch {epoch + 1}/{cfg.epochs}", run.progress and run.dist.main)
+    loss_fn = LOSSES[cfg.loss]
+    tot_loss = torch.zeros(())
+    tot_correct = torch.zeros((), dtype=torch.long)
+    seen = 0
+    per_step = cfg.schedule in PER_STEP_SCHEDULES
+    for i, (x, y) in enumerate(bar):
+        if per_step:
+            lr = lr_at(epoch, cfg, i / steps)
             _set_lr(opt, lr)
-            method.on_epoch_start(model, epoch, cfg.epochs)
-            signs_before = weight_signs(model)
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-            model.train()
-            it = batches(
-                data.train,
-                cfg.batch_size,
-                mean=data.mean,
-                std=data.std,
-                shuffle=True,
-                generator=gen,
-                augment=data.augment,
-                rank=dist.rank,
-                world_size=dist.world_size,
-                channels_last=channels_last,
-            )
-            bar = _bar(it, steps, f"epoch {epoch + 1}/{cfg.epochs}", progress and dist.main)
-            tot_loss = torch.zeros(())
-            tot_correct = torch.zeros((), dtype=torch.long)
-            seen = 0
-            per_step = cfg.schedule in PER_STEP_SCHEDULES
-            for i, (x, y) in enumerate(bar):
-                if per_step:
-                    lr = lr_at(epoch, cfg, i / steps)
-                    _set_lr(opt, lr)
-                logits = net(x)
-                loss = method.training_loss(model, x, logits, y, loss_fn(logits, y))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                method.after_step(model, lr=lr)
-                # accumulate without .item() so the loop never waits on a sync
-                tot_loss += loss.detach() * y.numel()  # y.numel(): tokens, for sequence targets
-                tot_correct += (logits.detach().argmax(1) == y).sum()
-                seen += y.numel()
-            train_seconds = time.perf_counter() - t0
-            ev = dict(batch_size=cfg.eval_batch_size, loss=cfg.loss, channels_last=channels_last)
-            val_loss, val_acc = evaluate(model, data.val, data, **ev)
-            test_loss, test_acc = evaluate(model, data.test, data, **ev)
-            if math.isnan(val_acc):  # no validation split: select on test, and say so in the record
-                val_loss, val_acc = test_loss, test_acc
-            extra: dict[str, Any] = dict(method.metrics(model))
-            if (
-                cfg.loss == "ce" and data.train.y.dim() > 1
-            ):  # sequences: cross-entropy in bits/token
-                extra.update(val_bpc=val_loss / math.log(2), test_bpc=test_loss / math.log(2))
-            if (
-                method.relaxed_eval
-            ):  # the relaxed model (training forward weights), beside the hard one
-                with relaxed(model):
-                    extra["relaxed_test_acc"] = evaluate(model, data.test, data, **ev)[1]
-            rec = {
-                "epoch": epoch,
-                "lr": lr,
-                "train_loss": tot_loss.item() / max(seen, 1),
-                "train_acc": tot_correct.item() / max(seen, 1),
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "test_loss": test_loss,
-                "test_acc": test_acc,
-                "train_seconds": train_seconds,
-                "seconds": time.perf_counter() - t0,
-                "gemm": kernel,
-                **({"partial": True} if is_partial(model.modules()) else {}),
-                **extra,
-                **diagnostics(model, signs_before),
-            }
-            history.epochs.append(rec)
-            log.info(
-                "epoch %d/%d  loss %.4f  train %.4f  val %.4f  test %.4f  (%.1fs)",
-                epoch + 1,
-                cfg.epochs,
-                rec["train_loss"],
-                rec["train_acc"],
-                val_acc,
-                test_acc,
-                rec["seconds"],
-            )
-            if out is not None and dist.main:
-                common = {**(extra_state or {}), "epoch": epoch}
-                if history.best["epoch"] == epoch:
-                    save_checkpoint(out / "best.pt", model=model.state_dict(), **common)
-                save_checkpoint(
-                    out / "last.pt",
-                    model=model.state_dict(),
-                    optimizer=opt.state_dict(),
-                    rng=_rng_state(),
-                    history=history.epochs,
-                    **common,
-                )
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                if board is not None:
-                    for k, v in rec.items():
-                        if isinstance(v, float | int) and k != "epoch":
-                            board.add_scalar(k, v, epoch)
-                    board.flush()
-    return history
+        logits = run.net(x)
+        teacher_logits = None
+        if run.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = run.teacher(x)
+        loss = method.training_loss(logits, y, loss_fn(logits, y), teacher_logits)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        method.after_step(model, lr, epoch=epoch, epochs=cfg.epochs, optimizer=opt)
+        # accumulate without .item() so the loop never waits on a sync
+        tot_loss += loss.detach() * y.numel()  # y.numel(): tokens, for sequence targets
+        tot_correct += (logits.detach().argmax(1) == y).sum()
+        seen += y.numel()
+    return lr, {
+        "train_loss": tot_loss.item() / max(seen, 1),
+        "train_acc": tot_correct.item() / max(seen, 1),
+    }
+
+
+def _evaluate_epoch(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validation and test loss and accuracy of the hard-binarized model, and the extra numbers
+    (the method's own, bits per token, the relaxed model's accuracy)."""
+    model, data, cfg = run.model, run.data, run.cfg
+    ev = dict(batch_size=cfg.eval_batch_size, loss=cfg.loss, channels_last=run.channels_last)
+    val_loss, val_acc = evaluate(model, data.val, data, **ev)
+    test_loss, test_acc = evaluate(model, data.test, data, **ev)
+    if math.isnan(val_acc):  # no validation split: select on test, and say so in the record
+        val_loss, val_acc = test_loss, test_acc
+    main = {"val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc}
+    extra: dict[str, Any] = dict(run.method.metrics(model))
+    if cfg.loss == "ce" and data.train.y.dim() > 1:  # sequences: cross-entropy in bits/token
+        extra.update(val_bpc=val_loss / math.log(2), test_bpc=test_loss / math.log(2))
+    if run.method.relaxed_eval:  # the relaxed model (training forward weights), beside the hard one
+        with relaxed(model):
+            extra["relaxed_test_acc"] = evaluate(model, data.test, data, **ev)[1]
+    return main, extra
+
+
+def _save_epoch(run: _Run, epoch: int, rec: dict[str, Any]) -> None:
+    """best.pt (when this epoch is the best), last.pt, the metrics line, TensorBoard."""
+    out = run.out
+    if out is None or not run.dist.main:
+        return
+    common = {**run.extra_state, "epoch": epoch}
+    if run.history.best["epoch"] == epoch:
+        save_checkpoint(out / "best.pt", model=run.model.state_dict(), **common)
+    save_checkpoint(
+        out / "last.pt",
+        model=run.model.state_dict(),
+        optimizer=run.opt.state_dict(),
+        rng=rng_state(),
+        history=run.history.epochs,
+        **common,
+    )
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    if run.board is not None:
+        for k, v in rec.items():
+            if isinstance(v, float | int) and k != "epoch":
+                run.board.add_scalar(k, v, epoch)
+        run.board.flush()
+
+
+def train(
+    model: nn.Module,
+    method: Method,
+    data: Dataset,
+    cfg: TrainConfig,
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    extra_state: dict[str, Any] | None = None,
+    teacher: nn.Module | None = None,
+) -> History:
+    """Train ``model`` (already binarized by ``onebit.binarize_``) with ``method`` under ``cfg``.
+
+    Args:
+        model: the model to train in place.
+        method: supplies optimizer (when it carries one), per-epoch and after-step hooks, the
+            weights to start from (``init_checkpoint``) and the loss (``training_loss``).
+        data: train/val/test splits.
+        cfg: the recipe.
+        run_dir: where metrics.jsonl, last.pt (full checkpoint) and best.pt (weights at the best
+            validation epoch) go; None keeps everything in memory.
+        resume: continue from ``run_dir/last.pt`` when it exists.
+        progress: show a progress bar (main process only).
+        extra_state: merged into every checkpoint (``onebit.experiments.runs`` stores the config).
+        teacher: the distillation teacher, for methods whose ``distill_from`` names one.
+
+    Returns:
+        The history; ``history.summary()`` has the test accuracy at the best validation epoch and at
+        the last one, both of the hard-binarized model.
+
+    torch's threads and determinism flags hold for the run and are restored afterwards
+    (:func:`onebit.settings.torch_settings`), as is the CPU GEMM mode of ``cfg.gemm``.
+    """
+    dist = _init_distributed()
+    if cfg.batch_size % dist.world_size:
+        raise OnebitError(
+            f"train.batch_size {cfg.batch_size} must be divisible by the {dist.world_size} processes."
+        )
+    deterministic = True if cfg.deterministic else None
+    with torch_settings(threads=_threads(cfg, dist), deterministic=deterministic):
+        run = _setup(model, method, data, cfg, dist, run_dir, resume, teacher)
+        run.extra_state, run.progress = dict(extra_state or {}), progress
+        # the kernel of the linear layers' products (onebit.gemm); torch.compile keeps torch's own
+        gemm = "torch" if cfg.compile else cfg.gemm
+        with gemm_backend(gemm, model, batch=cfg.batch_size // dist.world_size) as backend:
+            if dist.main and backend.name != "torch":
+                log.info("matrix products of linear layers: %s kernel", backend.name)
+            for epoch in range(run.start, cfg.epochs):
+                t0 = time.perf_counter()
+                lr = lr_at(epoch, cfg)
+                _set_lr(run.opt, lr)
+                method.on_epoch_start(model, epoch, cfg.epochs)
+                signs_before = weight_signs(model)
+                lr, trained = _train_epoch(run, epoch, lr)
+                train_seconds = time.perf_counter() - t0
+                main, extra = _evaluate_epoch(run)
+                rec = {
+                    "epoch": epoch,
+                    "lr": lr,
+                    **trained,
+                    **main,
+                    "train_seconds": train_seconds,
+                    "seconds": time.perf_counter() - t0,
+                    "gemm": backend.name,
+                    **({"partial": True} if is_partial(model.modules()) else {}),
+                    **extra,
+                    **diagnostics(model, signs_before),
+                }
+                run.history.epochs.append(rec)
+                log.info(
+                    "epoch %d/%d  loss %.4f  train %.4f  val %.4f  test %.4f  (%.1fs)",
+                    epoch + 1, cfg.epochs, rec["train_loss"], rec["train_acc"],
+                    rec["val_acc"], rec["test_acc"], rec["seconds"],
+                )  # fmt: skip
+                _save_epoch(run, epoch, rec)
+    return run.history
 
 
 def _tensorboard(out: Path) -> Any:
@@ -524,9 +622,7 @@ def _tensorboard(out: Path) -> Any:
 
 
 def _rewrite_metrics(path: Path, epochs: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in epochs))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in epochs))
 
 
 def _bar(it: Any, total: int, desc: str, enabled: bool) -> Any:

@@ -119,7 +119,7 @@ def analyze(root: str | Path) -> Graph:
         top = {id(n) for n in tree.body}
         is_pkg = path.name == "__init__.py"
 
-        def add(target: str | None, node: ast.AST, mod: str = mod) -> None:
+        def add(target: str | None, node: ast.AST, mod: str = mod, top: set[int] = top) -> None:
             t = _resolve(target or "", g.modules)
             if t is None or t == mod:
                 return

@@ -9,23 +9,24 @@ from safetensors import safe_open
 from torch import nn
 
 from onebit import binarize_
-from onebit.bitat import (
+from onebit.checkpoint import load_init_
+from onebit.convert import summary
+from onebit.errors import OnebitError
+from onebit.experiments.compare import plan
+from onebit.experiments.config import Config
+from onebit.layers import is_binary_layer
+from onebit.methods import METHODS, BiTAT
+from onebit.models import build
+from onebit.pack import pack
+from onebit.runtime import load
+from onebit.training import TrainConfig, make_optimizer, save_checkpoint, train
+from onebit.transforms import (
     BitatTransform,
     eigenbasis,
     importance_init,
     input_patches,
     transforms,
 )
-from onebit.compare import plan
-from onebit.config import Config, TrainConfig
-from onebit.convert import summary
-from onebit.errors import OnebitError
-from onebit.layers import is_binary_layer
-from onebit.methods import METHODS, BiTAT
-from onebit.models import build
-from onebit.pack import pack
-from onebit.runtime import load
-from onebit.training import save_checkpoint, train
 from tests.conftest import tiny_dataset
 
 SMALL = {"stem": 8, "channels": [16, 16, 24], "strides": [1, 2, 1]}
@@ -85,16 +86,16 @@ def test_transform_is_the_identity_until_the_first_refresh_and_keeps_w_across_re
 
 
 def _train_steps(model, method, data, steps, opt=None):
-    opt = opt or method.make_optimizer(model, TrainConfig(lr=1e-2))
+    opt = opt or make_optimizer(model, TrainConfig(lr=1e-2), method.param_groups(model))
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     for i in range(steps):
         x, y = data.train.x[i % 4 * 32 :][:32], data.train.y[i % 4 * 32 :][:32]
-        loss = method.training_loss(model, x, model(x), y, loss_fn(model(x), y))
+        loss = method.training_loss(model(x), y, loss_fn(model(x), y))
         opt.zero_grad()
         loss.backward()
         opt.step()
-        method.after_step(model)
+        method.after_step(model, optimizer=opt)
     return opt
 
 
@@ -170,6 +171,7 @@ def test_progressive_schedule_init_and_distillation(tmp_path):
                     num_classes=4)  # fmt: skip
     method = BiTAT(init=str(ckpt), distill=1.0)
     model = _mobilenet(method, seed=1)
+    load_init_(model, method.init_checkpoint)  # what train() does before the first epoch
     method.on_epoch_start(model, 0, 6)
     own = model.state_dict()
     for name, p in fp.state_dict().items():
@@ -182,13 +184,15 @@ def test_progressive_schedule_init_and_distillation(tmp_path):
     assert all(m.binary for m in model.modules() if is_binary_layer(m))
     x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
     base = torch.tensor(1.0)
-    assert method.training_loss(model, x, model(x), y, base) > base  # distillation term added
+    assert method.distill_from == str(ckpt)
+    teacher = fp.eval()
+    assert method.training_loss(model(x), y, base, teacher(x)) > base  # distillation term added
     bad = BiTAT(init=str(ckpt))
     other = build("mobilenet_small", (3, 16, 16), 4, act="hardtanh", stem=4, channels=[8],
                   strides=[1])  # fmt: skip
     binarize_(other, bad)
     with pytest.raises(OnebitError, match=r"different model|does not fit"):
-        bad.on_epoch_start(other, 0, 2)
+        load_init_(other, bad.init_checkpoint)
 
 
 def test_compare_starts_bitat_from_the_fp_run():

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from onebit.cli import main
-from onebit.compare import compare, method_config, plan
-from onebit.config import Config, load_config
 from onebit.errors import OnebitError
+from onebit.experiments.compare import compare, method_config, plan
+from onebit.experiments.config import Config, load_config
 from onebit.methods import METHODS, BinaryConnect
 from tests.test_cli import _config
 
@@ -213,7 +213,7 @@ def test_grid_shares_the_layer_policy_but_not_other_options():
 
 _PARENT = """
 import multiprocessing as mp, os, sys, time
-from onebit.compare import _init_worker
+from onebit.experiments.grid import _init_worker
 
 def child(parent):
     _init_worker(1, 30, parent)

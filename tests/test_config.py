@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from onebit.config import Config, apply_overrides, build_method, load_config
 from onebit.errors import OnebitError
-from onebit.methods import METHODS, BinaryConnect
+from onebit.experiments.config import Config, apply_overrides, build_method, load_config
+from onebit.methods import LAB, METHODS, BinaryConnect, IterativeBinarization
 
 
 def test_defaults_round_trip():
@@ -71,3 +71,21 @@ def test_every_method_round_trips_through_its_config(name):
     d = method.to_dict()
     cfg = Config.from_dict({"method": d})
     assert build_method(cfg.method) == method
+
+
+def test_none_spells_an_unset_option():
+    """TOML has no null: "none" unsets an option that may be unset (bc without its clip is the
+    iterative baseline's rule), and nowhere else."""
+    cfg = load_config(None, ['method.clip="none"', 'train.lr_final="none"'])
+    assert build_method(cfg.method) == BinaryConnect(clip=None)
+    assert cfg.train.lr_final is None
+    with pytest.raises(OnebitError, match=r"train\.epochs must be int, got 'none'"):
+        load_config(None, ['train.epochs="none"'])
+
+
+def test_presets_are_registry_rows_of_one_class():
+    rows = {n: METHODS[n] for n in ("iterative", "iterative-reverse", "iterative-all")}
+    assert {r.cls for r in rows.values()} == {IterativeBinarization}
+    assert METHODS["iterative-reverse"]().order == "reverse"
+    assert METHODS["iterative-all"](order="reverse").epochs_per_layer == 0
+    assert METHODS["lab2"]() == LAB(binary_acts=True)

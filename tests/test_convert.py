@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from onebit import binarize_, summary, unbinarize_
-from onebit.convert import binarizable_layers
+from onebit.convert import binarizable_layers, layer_policy
 from onebit.layers import is_binary_layer
 from onebit.methods import BNN, BWN, BinaryConnect, FullPrecision
 from onebit.models import MODELS, build
@@ -31,7 +31,7 @@ def test_binarize_every_registered_model(name, method):
     shape = SHAPES.get(name, (3, 32, 32))
     model = build(name, shape, 10, **SMALL.get(name, {}))
     n_layers = len(binarizable_layers(model))
-    fixed = [getattr(m, "keep_float", False) for _, m in binarizable_layers(model)]
+    fixed = [n in layer_policy(model).keep_float for n, _ in binarizable_layers(model)]
     x = torch.randn(2, *shape)
     binarize_(model, method)
     layers = binarizable_layers(model)
@@ -41,7 +41,7 @@ def test_binarize_every_registered_model(name, method):
         not ((i == 0 and method.keep_first) or (i == n_layers - 1 and method.keep_last))
         for i in range(n_layers)
     ]
-    # every layer follows the first/last policy, except those the model marks keep_float
+    # every layer follows the first/last policy, except those the model's policy keeps float
     assert flags == [p and not f for p, f in zip(policy, fixed, strict=True)]
     # activation binarizer on every binary layer but the one that sees the network input
     acts = [getattr(m, "act", None) is not None for _, m in layers]

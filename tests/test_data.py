@@ -99,7 +99,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", ())
+    monkeypatch.setattr(data.find, "SYSTEM_DATA_DIRS", ())
     return tmp_path
 
 
@@ -368,7 +368,7 @@ def test_find_root_cache_and_system_dirs(tmp_path: Path, monkeypatch) -> None:
     found = data.find_root("cifar10")
     assert found == tmp_path / "xdg" / "onebit" / "data" / "cifar-10-batches-bin"
     make_idx_dataset(tmp_path / "usr-share-datasets" / "fashion-mnist")  # like Debian's package
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (tmp_path / "usr-share-datasets",))
+    monkeypatch.setattr(data.find, "SYSTEM_DATA_DIRS", (tmp_path / "usr-share-datasets",))
     found = data.find_root("fashion-mnist")
     assert found == tmp_path / "usr-share-datasets" / "fashion-mnist"
 
@@ -505,8 +505,8 @@ def test_split_length_mismatch() -> None:
 
 def test_normalize_false_feeds_x_over_255(tmp_path: Path) -> None:
     """data.normalize = false: the run's inputs are x / 255 in [0, 1], and the run stores 0/1."""
-    from onebit.config import Config
-    from onebit.runs import load_data
+    from onebit.experiments.config import Config
+    from onebit.experiments.runs import load_data
 
     make_idx_dataset(tmp_path / "mnist")
     cfg = Config.from_dict(

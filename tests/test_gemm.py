@@ -11,10 +11,9 @@ from torch.nn import functional as F
 import onebit
 import onebit.gemm as gemm
 from onebit import kernels
-from onebit.config import TrainConfig
 from onebit.errors import OnebitError
 from onebit.methods import BinaryConnect
-from onebit.training import train
+from onebit.training import TrainConfig, train
 from tests.conftest import tiny_dataset
 
 native = pytest.mark.skipif(
@@ -138,22 +137,30 @@ def test_the_mode_routes_linear_and_binary_linear_and_leaves_the_rest():
     assert not _uses_native(model(x))  # outside the mode
 
 
-def test_auto_picks_the_native_kernel_for_dense_models_only(monkeypatch):
+def test_auto_picks_the_native_kernel_for_dense_models_only(monkeypatch, tmp_path):
     mlp = onebit.models.build("mlp", (1, 8, 8), 4, hidden=[16])
     cnn = onebit.models.build("small_cnn", (1, 8, 8), 4)
     lstm = onebit.models.build("lstm_lm", (16,), 30, hidden=8)
     assert gemm.dense_only(mlp) and not gemm.dense_only(cnn) and not gemm.dense_only(lstm)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    measured = []
+    monkeypatch.setattr(gemm, "measure", lambda *a: measured.append(a) or 2.0)  # kernel 2x faster
     for available, want in [(True, "onebit"), (False, "torch")]:
         monkeypatch.setattr(kernels, "matmul_available", lambda a=available: a)
         assert gemm.resolve("auto", mlp) == want
         assert gemm.resolve("auto", cnn) == "torch"
         assert gemm.resolve("torch", mlp) == "torch"
+    assert len(measured) == 1  # measured once, then read from the machine's cache
     with pytest.raises(OnebitError, match=r"needs the native kernels on an AVX-512 CPU"):
         gemm.resolve("onebit", mlp)
     with pytest.raises(
         OnebitError, match=r"unknown train\.gemm 'mkl'; accepted: auto, torch, onebit"
     ):
         gemm.resolve("mkl")
+    # where the kernel was measured slower (an Intel Xeon with AMX), auto keeps torch's products
+    monkeypatch.setattr(kernels, "matmul_available", lambda: True)
+    monkeypatch.setattr(gemm, "measure", lambda *a: 0.79)
+    assert gemm.resolve("auto", mlp, batch=64) == "torch"
 
 
 @native
@@ -161,10 +168,10 @@ def test_the_native_backend_holds_the_threads_and_gives_them_back():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with gemm.gemm_backend("onebit") as name:
-            assert name == "onebit"
-            assert torch.get_num_threads() == 1 and gemm._threads == 2
-        assert torch.get_num_threads() == 2 and gemm._threads is None
+        with gemm.gemm_backend("onebit") as backend:
+            assert backend.name == "onebit"
+            assert torch.get_num_threads() == 1 and backend.threads == 2
+        assert torch.get_num_threads() == 2 and not torch.overrides._get_current_function_mode()
     finally:
         torch.set_num_threads(before)
 
@@ -207,11 +214,13 @@ def test_held_threads_send_sign_and_clip_to_the_kernels_with_torchs_results():
         layer.weight.mul_(3)
     w0 = layer.weight.detach().clone()
     out = torch.empty_like(w0)
-    assert not gemm.sign_into(w0, out)  # outside the backend: torch does it
-    with gemm.gemm_backend("onebit", model):
-        assert gemm.sign_into(layer.weight, out)
+    onebit.quantizers.sign_into(w0, out)  # outside the backend: torch does it
+    with gemm.gemm_backend("onebit", model) as backend:
+        onebit.quantizers.sign_into(layer.weight, out)
+        assert backend.mode.calls["sign"] == 1
         torch.testing.assert_close(out, onebit.quantizers.sign(w0), rtol=0, atol=0)
         method.after_step(model)
+        assert backend.mode.calls["clamp"] == 2  # both binary layers' latent clip
     torch.testing.assert_close(layer.weight.detach(), w0.clamp(-1, 1), rtol=0, atol=0)
 
 

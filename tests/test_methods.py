@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from onebit import binarize_
-from onebit.config import Config, TrainConfig, build_method
+from onebit.experiments.config import Config, build_method
 from onebit.layers import is_binary_layer
-from onebit.methods import METHODS
+from onebit.methods import METHODS, method_preset
 from onebit.models import build
-from onebit.training import LOSSES, make_optimizer
+from onebit.pack import pack
+from onebit.training import LOSSES, TrainConfig, make_optimizer
 from tests.conftest import tiny_dataset
 
 
@@ -41,7 +43,7 @@ def test_method_conformance(name):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        method.after_step(model)
+        method.after_step(model, 1e-2, optimizer=opt)
     with torch.no_grad():
         model.train()
         after = loss_fn(model(x), y).item()
@@ -56,6 +58,13 @@ def test_method_conformance(name):
         if method.clip is not None:
             assert m.weight.abs().max() <= method.clip
 
+    # the packed model (1 bit per binary weight) computes what the eval model computes
+    with torch.no_grad():
+        ref = model(data.test.x).numpy()
+    out = pack(model, data.input_shape)(data.test.x.numpy())
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.98  # float rounding may tie a few
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
     # the config round-trips
     cfg = Config.from_dict({"method": method.to_dict()})
     assert build_method(cfg.method) == method
@@ -64,5 +73,6 @@ def test_method_conformance(name):
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_is_documented(name):
-    cls = METHODS[name]
-    assert cls.title and cls.paper and cls.__doc__ and len(cls.__doc__.split()) > 8
+    row = method_preset(name)
+    assert row.title and row.paper and row.cls.__doc__ and len(row.cls.__doc__.split()) > 8
+    assert row.reconstruction == ("reconstruction)" in row.title)  # what users see says so

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
+from torch.nn import functional as F
 
 import onebit
 from onebit.errors import OnebitError
 from onebit.methods import BNN, BWN, BinaryConnect, XNORNet
 from onebit.pack import pack
-from onebit.runtime import FORMAT_VERSION, load
+from onebit.runtime import FORMAT_VERSION, Op, load
 from tests.conftest import tiny_dataset
 
 MODELS = [
@@ -67,7 +71,7 @@ def test_trained_mlp_agrees_on_a_test_set(method):
     m = METHODS[method]
     model = onebit.models.build("mlp", (1, 8, 8), 4, hidden=[64, 64], act=m.hidden_activation())
     onebit.binarize_(model, m)
-    from onebit.config import TrainConfig
+    from onebit.training import TrainConfig
 
     onebit.train(model, m, data, TrainConfig(epochs=3, batch_size=32, lr=1e-2))
     model.eval()
@@ -203,7 +207,7 @@ def test_xnor_layers_hand_bits_to_the_next(name):
 def test_binary_weight_conv_float_gemm_path_matches(monkeypatch):
     """Binary-weight convs with few output channels run as a float GEMM on cached ±1 weights,
     the others through the binary x float kernel; forcing either path gives the same result."""
-    import onebit.runtime as rt
+    import onebit.runtime.ops as rt  # the ops read the threshold from their own module
 
     model = _model("resnet20", (3, 16, 16), {"width": 8}, BinaryConnect())
     x = torch.randn(3, 3, 16, 16)
@@ -273,3 +277,239 @@ def test_grouped_conv_with_several_channels_per_group(method):
         ref = model(x).numpy()
     out = pack(model, (3, 9, 9))(x.numpy())
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+ROOT = Path(__file__).resolve().parents[1] / "onebit"
+# what the runtime may import from onebit: itself, the kernels and the numpy-only base modules
+RUNTIME_DEPS = (
+    "onebit.runtime",
+    "onebit.kernels",
+    "onebit.errors",
+    "onebit.fileio",
+    "onebit.shapes",
+    "onebit.idx",
+)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports (at module level or inside functions), made absolute."""
+    module = ".".join(path.relative_to(ROOT.parent).with_suffix("").parts)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    package = package.removesuffix(".__init__")
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names if base.startswith("onebit"))
+    return out
+
+
+def test_runtime_and_kernels_never_import_torch():
+    """Statically (ast): no module of the runtime or the kernels imports torch, nor any onebit
+    module outside the runtime, the kernels and the numpy-only base modules (which could)."""
+    files = [*(ROOT / "runtime").rglob("*.py"), *(ROOT / "kernels").rglob("*.py")]
+    files += [ROOT / f"{m.rpartition('.')[2]}.py" for m in RUNTIME_DEPS[2:]]
+    assert any(f.parent.name == "runtime" for f in files)
+    for f in files:
+        for mod in _imports(f):
+            top = mod.partition(".")[0]
+            assert top != "torch", f"{f.relative_to(ROOT.parent)} imports {mod}"
+            if top == "onebit":  # the package itself is a lazy facade that imports nothing
+                ok = mod == "onebit" or any(
+                    mod == d or mod.startswith(f"{d}.") for d in RUNTIME_DEPS
+                )
+                assert ok, f"{f.relative_to(ROOT.parent)} imports {mod}"
+
+
+def test_pack_does_not_import_the_model_zoo():
+    """The packer packs generic torch ops; no architecture of onebit.models is special to it."""
+    mods = _imports(ROOT / "pack.py")
+    assert not any(m == "onebit.models" or m.startswith("onebit.models.") for m in mods)
+
+
+class _SlicePad(nn.Module):
+    """Strided and negative slicing, ``...``, and constant padding of NCHW and (N, F) values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.fc = nn.Linear(7 * 5 * 4, 20)
+        self.out = nn.Linear(23, 5)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)  # (N, 6, 9, 9)
+        y = y[:, 1:5, ::2, 1::3]  # (N, 4, 5, 3)
+        y = F.pad(y, (1, 2, 0, 1, 2, 1), value=0.5)  # (N, 7, 6, 6)
+        y = F.pad(y[..., :-2], (0, 0))  # (N, 7, 6, 4)
+        y = self.act(y[:, :, -5:])  # (N, 7, 5, 4)
+        z = self.fc(torch.flatten(y, 1))[:, 2:19:3]  # (N, 6)
+        return self.out(F.pad(z, (13, 4)))
+
+
+@pytest.mark.parametrize("method", ["fp", "bc", "bnn"])
+def test_slice_and_pad_match_torch(tmp_path, method):
+    """getitem with slices and F.pad pack as the generic slice/pad ops (NCHW axes mapped to
+    NHWC) and compute what torch computes; a file with them is format version 3."""
+    torch.manual_seed(0)
+    model = _SlicePad()
+    if method != "fp":
+        onebit.binarize_(model, METHODS[method])
+    model.eval()
+    packed = pack(model, (3, 9, 9))
+    kinds = [op.op for op in packed.ops]
+    assert kinds.count("slice") == 4 and kinds.count("pad") == 3
+    x = torch.randn(4, 3, 9, 9)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = packed(x.numpy())
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    path = packed.save(tmp_path / "m.onebit")
+    with safe_open(str(path), "np") as f:
+        assert f.metadata()["format_version"] == "3" == str(FORMAT_VERSION)
+    np.testing.assert_array_equal(load(path)(x.numpy()), out)
+
+
+def test_slice_and_pad_ops_against_torch():
+    """The runtime's slice and pad ops on NHWC arrays equal torch's slicing and F.pad on NCHW."""
+    from onebit.runtime import PackedModel
+    from onebit.runtime.ops import OPS
+
+    m = PackedModel([], {}, {})  # the ops read only its cache
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 7, 3)).astype(np.float32)  # NHWC
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2)  # NCHW
+    sl = Op(
+        "slice", "s", ["input"], {"slices": [[0, None, 1], [1, -1, 2], [-5, None, 3], [1, 3, 1]]}
+    )
+    got = OPS["slice"](m, sl, x)
+    np.testing.assert_array_equal(got, xt[:, 1:3, 1:-1:2, -5::3].permute(0, 2, 3, 1).numpy())
+    pd = Op("pad", "p", ["input"], {"pads": [[0, 1], [2, 0], [1, 3], [4, 2]], "value": -1.5})
+    got = OPS["pad"](m, pd, x)
+    ref = F.pad(xt, (1, 3, 2, 0, 4, 2, 0, 1), value=-1.5).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(got, ref)
+
+
+class _Fn(nn.Module):
+    """``fn(self, x)`` as a module with a global average pool at hand."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self, x)
+
+
+@pytest.mark.parametrize(
+    ("fn", "match"),
+    [
+        (lambda m, x: x[:, 0], "only indexing by slices"),
+        (lambda m, x: x[:, None], "only indexing by slices"),
+        (lambda m, x: x[:, ::-1], "step >= 1"),
+        (lambda m, x: F.pad(x, (1, 1), mode="reflect"), "only constant padding"),
+        (lambda m, x: F.pad(x, (-1, 1)), "padding must be constant ints >= 0"),
+        (lambda m, x: m.pool(x)[:, :2], "globally pooled"),
+    ],
+)
+def test_unsupported_slicing_and_padding_get_one_sentence(fn, match):
+    with pytest.raises(OnebitError, match=match) as e:
+        pack(_Fn(fn).eval(), (3, 6, 6))
+    assert "\n" not in str(e.value)
+
+
+def _legacy_shortcut_file(packed, path):
+    """``packed`` as a version-1 file in which each slice + pad pair is the old ``shortcut_a``."""
+    ops, i = [], 0
+    while i < len(packed.ops):
+        op = packed.ops[i]
+        if op.op == "slice":
+            pad = packed.ops[i + 1]
+            assert pad.op == "pad" and pad.inputs == [op.name]
+            stride = op.attrs["slices"][1][2]
+            attrs = {"stride": stride, "pad": sum(pad.attrs["pads"][3]), "module": "x.shortcut"}
+            ops.append(
+                {
+                    "op": "shortcut_a",
+                    "name": pad.name,
+                    "inputs": op.inputs,
+                    "attrs": attrs,
+                    "tensors": {},
+                }
+            )
+            i += 2
+            continue
+        ops.append(op.to_dict())
+        i += 1
+    from safetensors.numpy import save_file
+
+    sha = {
+        k: hashlib.sha256(np.ascontiguousarray(v).view(np.uint8).tobytes()).hexdigest()
+        for k, v in packed.tensors.items()
+    }
+    meta = {
+        "format": "onebit",
+        "format_version": "1",
+        "graph": json.dumps(ops),
+        "input": json.dumps(packed.input),
+        "checksums": json.dumps(sha),
+        "source": "{}",
+    }
+    save_file(packed.tensors, str(path), meta)
+    return sum(o["op"] == "shortcut_a" for o in ops)
+
+
+@pytest.mark.parametrize("method", ["bc", "bnn"])
+def test_legacy_shortcut_a_files_still_load(tmp_path, method):
+    """A version-1 file with the old ResNet ``shortcut_a`` op loads as slice + pad and gives the
+    outputs of the model packed today (and of torch); saved again it is a version-3 file."""
+    model = _model("resnet20", (3, 16, 16), {"width": 8}, METHODS[method])
+    packed = pack(model, (3, 16, 16))
+    assert packed.format_version() == 3
+    assert _legacy_shortcut_file(packed, tmp_path / "old.onebit") == 2
+    old = load(tmp_path / "old.onebit")
+    assert not any(op.op == "shortcut_a" for op in old.ops)
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = old(x.numpy())
+    np.testing.assert_array_equal(out, packed(x.numpy()))
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    again = old.save(tmp_path / "new.onebit")
+    with safe_open(str(again), "np") as f:
+        assert f.metadata()["format_version"] == "3"
+    np.testing.assert_array_equal(load(again)(x.numpy()), out)
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("method", ["bc", "bnn", "xnor"])
+@pytest.mark.parametrize("name", ["mlp", "resnet20"])
+def test_float_twin_matches_the_packed_model(name, method, fuse):
+    """The benchmark's torch float32 twin, rebuilt from the packed graph alone (no model zoo),
+    computes the packed model's outputs."""
+    from onebit.experiments.bench import float_twin
+
+    shape, kw = {
+        "mlp": ((1, 12, 12), {"hidden": [96, 80]}),
+        "resnet20": ((3, 16, 16), {"width": 8}),
+    }[name]
+    model = _model(name, shape, kw, METHODS[method])
+    packed = pack(model, shape, fuse=fuse)
+    packed.source = {}  # nothing about the architecture but the graph
+    twin = float_twin(packed)
+    x = torch.randn(7, *shape)
+    with torch.no_grad():
+        ref = twin(x).numpy()
+        torch_ref = model(x).numpy()
+    out = packed(x.numpy())
+    assert (out.argmax(1) == ref.argmax(1)).all()
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    np.testing.assert_allclose(torch_ref, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

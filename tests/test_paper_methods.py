@@ -10,9 +10,8 @@ import torch
 from torch import nn
 
 from onebit import binarize_
-from onebit.config import TrainConfig
 from onebit.layers import is_binary_layer, relaxed
-from onebit.methods import GWT, LAB, LAB2, BNNPlus, BNNPlusPlus, ProxConnect, ProxQuant
+from onebit.methods import GWT, LAB, METHODS, BNNPlus, BNNPlusPlus, ProxConnect, ProxQuant
 from onebit.methods.gwt import off_binary_fraction
 from onebit.methods.lab import lab_accumulate, lab_scale
 from onebit.methods.proxconnect import steepness
@@ -28,6 +27,7 @@ from onebit.quantizers import (
     signswish,
     signswish_grad,
 )
+from onebit.training import TrainConfig
 
 
 def _ss_closed(x: float, b: float) -> float:
@@ -128,11 +128,11 @@ def test_proxquant_grows_lambda_then_freezes_binary():
     binarize_(model, method)
     layers = [m for m in model.modules() if is_binary_layer(m)]
     method.on_epoch_start(model, 0, 5)
-    assert layers[0].__dict__["_prox_lambda"] == pytest.approx(2.0 / 3)
+    assert method.lambda_at(0, 5) == pytest.approx(2.0 / 3)
     method.on_epoch_start(model, 2, 5)
-    assert layers[0].__dict__["_prox_lambda"] == pytest.approx(2.0)
+    assert method.lambda_at(2, 5) == pytest.approx(2.0)
     before = layers[0].weight.detach().clone()
-    method.after_step(model, lr=0.1)
+    method.after_step(model, lr=0.1, epoch=2, epochs=5)
     assert torch.allclose(layers[0].weight, prox_binary(before, 0.2).clamp(-1, 1))
     method.on_epoch_start(model, 3, 5)
     for m in layers:
@@ -143,7 +143,7 @@ def test_proxquant_grows_lambda_then_freezes_binary():
     binarize_(fresh, ProxQuant(lam=2.0))
     ProxQuant(lam=2.0).on_epoch_start(fresh, 0, 1)
     first = next(m for m in fresh.modules() if is_binary_layer(m))
-    assert first.weight.requires_grad and first.__dict__["_prox_lambda"] == pytest.approx(2.0)
+    assert first.weight.requires_grad and ProxQuant(lam=2.0).lambda_at(0, 1) == pytest.approx(2.0)
 
 
 def test_lab_scale_closed_form():
@@ -218,7 +218,7 @@ def test_lab_state_survives_a_checkpoint_round_trip(tmp_path):
 
 def test_lab2_binarizes_activations_too():
     model = build("mlp", (1, 4, 4), 3, hidden=[8])
-    binarize_(model, LAB2())
+    binarize_(model, METHODS["lab2"]())
     acts = [m.act is not None for m in model.modules() if is_binary_layer(m)]
     assert acts == [False, True]
 

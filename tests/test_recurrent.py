@@ -133,7 +133,7 @@ def test_gate_order_and_names():
 
 
 def test_float_token_ids_are_accepted_and_the_summary_runs():
-    from onebit.runs import size_report
+    from onebit.experiments.runs import size_report
 
     model = _model("bc")
     out = model(torch.zeros(2, T))  # the size report feeds float zeros

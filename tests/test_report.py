@@ -10,11 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onebit import plots
 from onebit.cli import main
 from onebit.errors import OnebitError
-from onebit.records import README_END, README_START, readme_block, update_readme
-from onebit.report import find_runs, format_table, mixed_methods, summarize, table_columns
+from onebit.experiments import plots
+from onebit.experiments.records import README_END, README_START, readme_block, update_readme
+from onebit.experiments.report import (
+    find_runs,
+    format_table,
+    mixed_methods,
+    summarize,
+    table_columns,
+)
 from tests.test_compare import run_comparison
 
 ROOT = Path(__file__).parents[1]

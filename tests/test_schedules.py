@@ -10,9 +10,10 @@ import torch
 
 from onebit import binarize_
 from onebit.cli import main
-from onebit.compare import compare, plan
-from onebit.config import Config, TrainConfig, load_config
 from onebit.errors import OnebitError
+from onebit.experiments.compare import compare, plan
+from onebit.experiments.config import Config, load_config
+from onebit.experiments.sensitivity import run_stage, stage_config, stage_dir
 from onebit.methods import METHODS, IterativeBinarization
 from onebit.models import build
 from onebit.schedules import (
@@ -27,8 +28,7 @@ from onebit.schedules import (
     schedulable_layers,
     write_ranking,
 )
-from onebit.sensitivity import run_stage, stage_config, stage_dir
-from onebit.training import History, train
+from onebit.training import History, TrainConfig, train
 from tests.conftest import tiny_dataset, write_npz
 
 NAMES = ["a", "b", "c", "d"]
@@ -235,7 +235,7 @@ def test_cli_sensitivity_then_guided_training(tmp_path, capsys):
             "method": {"name": "iterative-sens-desc", "ranking": str(ranking)},
         }
     )
-    from onebit.runs import build_model, load_data
+    from onebit.experiments.runs import build_model, load_data
 
     data = load_data(c)
     model, method = build_model(c, data.input_shape, data.num_classes)
@@ -248,7 +248,7 @@ def test_compare_runs_the_sensitivity_stage_once_for_both_guided_orders(tmp_path
     jobs = plan(cfg, ["iterative-sens-asc", "iterative-sens-desc"], [0])
     assert [j.key for j in jobs] == ["sensitivity-s0", "iterative-sens-asc-s0",
                                      "iterative-sens-desc-s0"]  # fmt: skip
-    assert jobs[0].stage == "sensitivity" and jobs[1].needs == ("sensitivity-s0",)
+    assert jobs[0].stage.name == "sensitivity" and jobs[1].needs == ("sensitivity-s0",)
     ranking = str(jobs[0].run_dir / "sensitivity.json")
     assert jobs[1].cfg.method.options["ranking"] == ranking == jobs[2].cfg.method.options["ranking"]
     res = compare(cfg, ["iterative-sens-asc", "iterative-sens-desc"], [0], workers=1)

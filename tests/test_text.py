@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from onebit.cli import main
-from onebit.config import Config
 from onebit.data import batches, char_dataset, find_root, load_dataset, subsample
 from onebit.errors import OnebitError
+from onebit.experiments.config import Config
+from onebit.experiments.runs import build_model, run
 from onebit.layers import BinaryLinear
-from onebit.runs import build_model, run
 
 
 def corpus(n: int = 4000, seed: int = 0) -> str:
@@ -75,7 +75,7 @@ def test_missing_corpus_says_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.delenv("ONEBIT_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr("onebit.data.SYSTEM_DATA_DIRS", ())
+    monkeypatch.setattr("onebit.data.find.SYSTEM_DATA_DIRS", ())
     with pytest.raises(OnebitError, match=r"linux-kernel/input\.txt\.gz") as e:
         load_dataset("linux-kernel", tmp_path / "nowhere")
     assert "\n" not in str(e.value)

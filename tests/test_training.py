@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from onebit import binarize_
-from onebit.config import TrainConfig
 from onebit.errors import OnebitError
 from onebit.methods import BinaryConnect
 from onebit.models import build
-from onebit.training import load_checkpoint, lr_at, squared_hinge, train
+from onebit.training import TrainConfig, load_checkpoint, lr_at, squared_hinge, train
 from tests.conftest import tiny_dataset
 
 
@@ -164,3 +163,26 @@ def test_tensorboard_event_files(tmp_path):
     acc.Reload()
     assert [e.step for e in acc.Scalars("test_acc")] == [0, 1]
     assert "flip_rate" in acc.Tags()["scalars"]
+
+
+def test_an_unknown_schedule_is_an_error_not_a_constant_rate():
+    with pytest.raises(OnebitError, match=r"unknown train\.schedule 'linear'; accepted: constant"):
+        lr_at(0, TrainConfig(schedule="linear"))
+
+
+def test_train_restores_torch_threads_and_determinism():
+    data = tiny_dataset(shape=(16,), n_train=64)
+    model, method = _model()
+    torch.set_num_threads(1)
+    before = torch.are_deterministic_algorithms_enabled()
+    seen = []
+
+    @dataclass(frozen=True)
+    class Watch(BinaryConnect):
+        def on_epoch_start(self, model, epoch, epochs):
+            seen.append((torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()))
+
+    train(model, Watch(), data, TrainConfig(epochs=1, batch_size=32, threads=2, gemm="torch"))
+    assert seen == [(2, True)]  # the run's settings hold during the run
+    assert torch.get_num_threads() == 1
+    assert torch.are_deterministic_algorithms_enabled() == before

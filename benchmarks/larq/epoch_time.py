@@ -103,7 +103,7 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     sys.path.insert(0, str(ROOT))
-    from onebit.runs import environment
+    from onebit.experiments.runs import environment
 
     result = {
         "benchmark": "seconds per epoch (last of the run), Fashion-MNIST MLP recipe, batch 100",

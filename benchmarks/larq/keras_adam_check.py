@@ -22,8 +22,8 @@ import sys
 import torch
 
 import onebit.training
-from onebit.config import load_config
-from onebit.runs import run
+from onebit.experiments.config import load_config
+from onebit.experiments.runs import run
 
 
 class KerasAdam(torch.optim.Optimizer):

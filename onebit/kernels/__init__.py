@@ -33,7 +33,8 @@ import numpy.typing as npt
 
 from onebit.errors import OnebitError
 from onebit.kernels import reference
-from onebit.kernels.reference import conv_output_size, num_words, unpack_bits
+from onebit.kernels.reference import num_words, unpack_bits
+from onebit.shapes import conv_output_size, pair
 
 __all__ = [
     "KernelInputError",
@@ -178,12 +179,17 @@ def _vector(x: object, n: int, name: str) -> np.ndarray:
 
 
 def _pair(v: int | tuple[int, int], name: str) -> tuple[int, int]:
+    """:func:`onebit.shapes.pair` with ints only (no floats or strings that ``int()`` would
+    accept), raising :class:`KernelInputError`."""
     if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
         return v  # fast path: the runtime passes prepared tuples on every call
-    pair = (v, v) if isinstance(v, int) else tuple(v)
-    if len(pair) != 2 or not all(isinstance(p, int) for p in pair):
-        raise KernelInputError(f"{name} must be an int or a pair of ints, got {v!r}.")
-    return int(pair[0]), int(pair[1])
+    try:
+        p = pair(v, name)
+        if not isinstance(v, int) and not all(isinstance(e, int) for e in v):  # type: ignore[union-attr]
+            raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+    except ValueError as e:
+        raise KernelInputError(f"{e}.") from None
+    return p
 
 
 def _check_words(bits: np.ndarray, k: int, name: str) -> None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from onebit.shapes import conv_output_size  # re-exported: the one definition lives there
+
 __all__ = [
     "binary_conv2d",
     "binary_float_gemm",
@@ -106,11 +108,6 @@ def binary_float_gemm(
     if bias is not None:
         y = y + np.asarray(bias, dtype=np.float64)
     return y.astype(np.float32)
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Output length of a convolution along one axis."""
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 def im2col(

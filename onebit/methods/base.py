@@ -2,8 +2,11 @@
 
 A method names its weight quantizer (forward + backward rule), scale rule, activation binarizer,
 first/last-layer policy and latent-weight clipping; methods that need more (their own optimizer, a
-schedule that changes with training progress) override the matching hook. Options are dataclass
-fields, so a method round-trips through a config file as ``{"name": ..., **fields}``.
+schedule that changes with training progress, a pre-trained start, a teacher) override the
+matching hook. Every hook a runner (``onebit.training``, ``onebit.experiments``) reads is declared
+on :class:`Method` with its default; nothing reads a method's attributes by name otherwise.
+Options are dataclass fields, so a method round-trips through a config file as
+``{"name": ..., **fields}``.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from onebit import gemm
 from onebit.layers import WeightQuantizer, is_binary_layer
+from onebit.quantizers import NoScale, ScaleRule
 
 __all__ = ["Method", "clip_latent_"]
 
@@ -29,7 +32,7 @@ def clip_latent_(layers: Iterable[nn.Module], c: float) -> None:
     """
     with torch.no_grad():
         for m in layers:
-            if is_binary_layer(m) and m.binary and not gemm.clamp_(m.weight, -c, c):
+            if is_binary_layer(m) and m.binary:
                 m.weight.clamp_(-c, c)
 
 
@@ -44,13 +47,14 @@ class Method:
     """
 
     name: ClassVar[str] = ""
-    title: ClassVar[str] = (
-        ""  # what users see: paper name, "(reconstruction)" where PAPERS.md says so
-    )
+    # what users see: the paper's name, "(reconstruction)" where docs/methods.md says so
+    title: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     reconstruction: ClassVar[bool] = False
     # evaluate the relaxed model (training forward weights) too, when it differs from sign(w)
     relaxed_eval: ClassVar[bool] = False
+    # the option a pre-training run's best.pt fills when ``pretrain`` names a method
+    pretrain_option: ClassVar[str] = "init"
 
     keep_first: bool = False
     keep_last: bool = False
@@ -66,10 +70,9 @@ class Method:
         """Whether the method binarizes activations."""
         return self.activation_quantizer() is not None
 
-    @property
-    def scale_rule(self) -> str:
-        """Scale rule of the binary weights (see ``onebit.quantizers.scale``)."""
-        return "none"
+    def weight_scale(self) -> ScaleRule:
+        """Scale rule of the binary weights (:class:`onebit.quantizers.ScaleRule`)."""
+        return NoScale()
 
     def weight_quantizer(self) -> WeightQuantizer | None:
         """The weight quantizer, or None for no weight binarization."""
@@ -95,24 +98,58 @@ class Method:
         """Re-initialize a freshly binarized layer's latent weight (default: keep torch's init)."""
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
-        """Hook before each epoch: methods whose quantizers change with progress update them."""
+        """Hook before each epoch (0-based ``epoch`` of ``epochs``): methods whose quantizers or
+        schedules change with progress update them here, as a pure function of the epoch."""
 
-    def after_step(self, model: nn.Module, lr: float = 0.0) -> None:
-        """Hook after each optimizer step (``lr``: the step's base rate): clip latent weights when
-        the method asks for it."""
+    def after_step(
+        self,
+        model: nn.Module,
+        lr: float = 0.0,
+        *,
+        epoch: int = 0,
+        epochs: int = 1,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        """Hook after each optimizer step: ``lr`` is the step's base rate, ``epoch`` of ``epochs``
+        where training is, ``optimizer`` the one that stepped. Default: clip latent weights when
+        the method asks for it, then let every layer's weight parametrization take its step
+        (:meth:`onebit.layers.WeightParametrization.step_`)."""
         if self.clip is not None:
             clip_latent_(model.modules(), self.clip)
+        for m in model.modules():
+            if is_binary_layer(m) and m.parametrization is not None:
+                m.parametrization.step_(m.weight, optimizer)
 
     def metrics(self, model: nn.Module) -> dict[str, float]:
         """Method-specific numbers for the epoch's metrics line (default: none)."""
         return {}
 
     def training_loss(
-        self, model: nn.Module, x: Tensor, logits: Tensor, y: Tensor, loss: Tensor
+        self, logits: Tensor, y: Tensor, loss: Tensor, teacher_logits: Tensor | None = None
     ) -> Tensor:
         """The loss a training step minimizes, given the recipe's ``loss`` of ``logits`` and ``y``
-        (default: ``loss`` itself; BiTAT adds a distillation term here)."""
+        and, when :attr:`distill_from` names a teacher, the teacher's logits (default: ``loss``
+        itself; BiTAT adds a distillation term here)."""
         return loss
+
+    @property
+    def pretrain(self) -> str | None:
+        """What this run starts from, made first by ``onebit compare``: a method name (its run of
+        the same config and seed; its ``best.pt`` fills :attr:`pretrain_option`) or a stage name
+        (``sensitivity``); None for nothing."""
+        return None
+
+    @property
+    def init_checkpoint(self) -> str | None:
+        """A checkpoint whose weights the run starts from (loaded before training; a resumed run
+        keeps its own). Default: None."""
+        return None
+
+    @property
+    def distill_from(self) -> str | None:
+        """A run or checkpoint whose model is the distillation teacher: its logits reach
+        :meth:`training_loss`. Default: None."""
+        return None
 
     def run_files(self) -> dict[str, str]:
         """Files a run folder keeps a copy of, ``name -> source path`` (the output of a

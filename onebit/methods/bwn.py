@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from onebit.layers import WeightQuantizer
 from onebit.methods.base import Method
-from onebit.quantizers import SignHtanh
+from onebit.quantizers import ScaleRule, SignHtanh, scale_rule
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,11 @@ class BWN(Method):
     keep_last: bool = True
     scale: str = "channel"
 
-    @property
-    def scale_rule(self) -> str:
-        return self.scale
+    def __post_init__(self) -> None:
+        scale_rule(self.scale)  # an unknown rule is one sentence naming the accepted ones
+
+    def weight_scale(self) -> ScaleRule:
+        return scale_rule(self.scale)
 
     def weight_quantizer(self) -> WeightQuantizer:
         return SignHtanh()

@@ -1,6 +1,6 @@
 """Group weight transformations with exact backpropagation (Shulman 2021, arXiv 2107.01400).
 
-OUR RECONSTRUCTION (PAPERS.md section 4): the paper's abstract fixes the constraints (a
+OUR RECONSTRUCTION (docs/methods.md#gwt): the paper's abstract fixes the constraints (a
 deterministic, differentiable map from groups of real parameters to near-binary weights, exact
 gradients, no STE, no auxiliary loss, the full-precision recipe); the transformation below is ours.
 """

@@ -19,14 +19,7 @@ from onebit.schedules import (
     schedulable_layers,
 )
 
-__all__ = [
-    "IterativeAll",
-    "IterativeBinarization",
-    "IterativeRandom",
-    "IterativeReverse",
-    "IterativeSensitivityAscending",
-    "IterativeSensitivityDescending",
-]
+__all__ = ["SENSITIVITY_ORDERS", "IterativeBinarization"]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +28,7 @@ SENSITIVITY_ORDERS = ("sensitivity-ascending", "sensitivity-descending")
 
 @dataclass(frozen=True)
 class IterativeBinarization(Method):
-    """Iterative training: layers become binary one at a time and stay binary (PAPERS.md s. 3).
+    """Iterative training: layers become binary one at a time and stay binary (docs/methods.md#iterative).
 
     Weights ``wb = sign(w)`` (no scale, no clip); backward ``dL/dw = g`` (identity STE, no mask);
     activations stay real. Every Conv/Linear is binarizable, the first and the last included, and
@@ -44,6 +37,11 @@ class IterativeBinarization(Method):
     so the first layer of the order is binary from the first epoch and the last ``E`` epochs
     train the fully binary net (``onebit.schedules``). Epochs in which some layer is still float
     are never selected as the best-validation epoch: the reported accuracy is the binary net's.
+
+    The registry's presets (``onebit.methods.METHODS``) name its orders: ``iterative`` (forward),
+    ``iterative-reverse``, ``iterative-random``, ``iterative-sens-asc``, ``iterative-sens-desc``,
+    and the paper's baseline ``iterative-all`` (``epochs_per_layer = 0``: every layer binary from
+    the start, no clip: BinaryConnect's deterministic rule without the clip).
 
     Attributes:
         order: ``forward``, ``reverse``, ``random``, ``sensitivity-ascending``,
@@ -63,6 +61,8 @@ class IterativeBinarization(Method):
     epochs_per_layer: float | None = None
     seed: int = 0
     ranking: str | None = None
+
+    pretrain_option = "ranking"
 
     def __post_init__(self) -> None:
         if isinstance(self.order, str):
@@ -107,60 +107,3 @@ class IterativeBinarization(Method):
     def run_files(self) -> dict[str, str]:
         """The ranking file, kept in the run folder as ``sensitivity.json`` (plotted by reports)."""
         return {"sensitivity.json": self.ranking} if self.ranking else {}
-
-
-@dataclass(frozen=True)
-class IterativeReverse(IterativeBinarization):
-    """Iterative training (Lan 2021) binarizing from the output layer to the input layer."""
-
-    name = "iterative-reverse"
-    title = "Iterative training, reverse order"
-
-    order: str | list[str] = "reverse"
-
-
-@dataclass(frozen=True)
-class IterativeRandom(IterativeBinarization):
-    """Iterative training (Lan 2021) in a random layer order drawn from ``seed``."""
-
-    name = "iterative-random"
-    title = "Iterative training, random order"
-
-    order: str | list[str] = "random"
-
-
-@dataclass(frozen=True)
-class IterativeSensitivityAscending(IterativeBinarization):
-    """Iterative training (Lan 2021) guided by sensitivity: least sensitive layer first (the one
-    whose probe, trained with only that layer binary, kept the highest validation accuracy)."""
-
-    name = "iterative-sens-asc"
-    title = "Iterative training, sensitivity-guided (least sensitive first)"
-
-    order: str | list[str] = "sensitivity-ascending"
-
-
-@dataclass(frozen=True)
-class IterativeSensitivityDescending(IterativeBinarization):
-    """Iterative training (Lan 2021) guided by sensitivity: most sensitive layer first (the one
-    whose probe, trained with only that layer binary, kept the lowest validation accuracy)."""
-
-    name = "iterative-sens-desc"
-    title = "Iterative training, sensitivity-guided (most sensitive first)"
-
-    order: str | list[str] = "sensitivity-descending"
-
-
-@dataclass(frozen=True)
-class IterativeAll(IterativeBinarization):
-    """Iterative training's baseline "all binary from the start": every layer ``sign(w)`` from
-    epoch 0, no scale, no clip, identity STE, same model and epochs (``epochs_per_layer = 0``).
-
-    BinaryConnect (``bc``) differs by clipping latent weights to [-1, 1], and a TOML config cannot
-    set its ``clip`` to None, so this baseline is its own name.
-    """
-
-    name = "iterative-all"
-    title = "All binary from the start (iterative training's baseline)"
-
-    epochs_per_layer: float | None = 0.0

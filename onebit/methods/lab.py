@@ -3,23 +3,24 @@
 LAB is a proximal Newton step on the loss with the weights constrained to ``alpha * {-1, +1}``,
 with the diagonal Hessian taken from Adam's second moments. Its closed form gives ``wb = alpha *
 sign(w)`` with a curvature-weighted ``alpha``, so the method lives in its optimizer: ``lab_scale``
-and ``lab_accumulate`` are the pure math, ``LABOptimizer`` the thin stateful shell.
+and ``lab_accumulate`` are the pure math, ``LABOptimizer`` the thin stateful shell, and
+``LABScale`` the scale rule that keeps the layer's ``alpha`` in a buffer (docs/methods.md#lab).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from onebit.layers import WeightQuantizer, is_binary_layer
 from onebit.methods.base import Method
-from onebit.quantizers import ActSign, SignIdentity
+from onebit.quantizers import ActSign, ScaleRule, SignIdentity
 
-__all__ = ["LAB", "LAB2", "LABOptimizer", "lab_accumulate", "lab_scale"]
+__all__ = ["LAB", "LABOptimizer", "LABScale", "lab_accumulate", "lab_scale"]
 
 EPS = 1e-8
 
@@ -39,6 +40,22 @@ def lab_accumulate(v: Tensor, g: Tensor, beta: float = 0.999) -> Tensor:
     Starts at 0, no bias correction (the authors' code).
     """
     return v * beta + (1 - beta) * g * g
+
+
+@dataclass(frozen=True)
+class LABScale(ScaleRule):
+    """LAB's per-layer ``alpha``, kept in the layer's ``alpha_stored`` buffer: it cannot be computed
+    from ``w`` alone (it weights ``|w|`` by the curvature ``d``), so :class:`LABOptimizer` writes
+    it after every step. It starts at BWN's ``mean(|w|)`` (``v = 0``)."""
+
+    name: ClassVar[str] = "lab"
+
+    def attach_(self, layer: Any) -> None:
+        """Register ``alpha_stored`` (saved with the model), starting at ``mean(|w|)``."""
+        layer.register_buffer("alpha_stored", layer.weight.detach().abs().mean().clone())
+
+    def __call__(self, layer: Any) -> Tensor:
+        return layer.alpha_stored
 
 
 class LABOptimizer(torch.optim.Adam):
@@ -66,7 +83,7 @@ class LABOptimizer(torch.optim.Adam):
         )
         # python-side links, not in param_groups: load_state_dict replaces group values
         self._lab_layers = [
-            m for m in model.modules() if is_binary_layer(m) and m.scale_rule == "stored"
+            m for m in model.modules() if is_binary_layer(m) and isinstance(m.scale_rule, LABScale)
         ]
         self._beta = betas[1]
         self._clip = clip
@@ -97,6 +114,12 @@ class LAB(Method):
     unchanged (no mask, no gradient through ``alpha``). Update: Adam on ``w``, clip to [-1, 1],
     update ``v``, recompute ``alpha``. Every layer is binary (the first and last included), as in
     the authors' code; the recipe adds BN after the logits and the squared hinge loss.
+
+    LAB2 (the registry's ``lab2``) also binarizes activations: ``sign(a)``, backward
+    ``g * 1{|a| <= 1}``.
+
+    Attributes:
+        binary_acts: binarize the inputs of binary layers (LAB2).
     """
 
     name = "lab"
@@ -104,32 +127,19 @@ class LAB(Method):
     paper = "Hou, Yao, Kwok 2017, arXiv 1611.01600"
 
     clip: float | None = 1.0
+    binary_acts: bool = False
 
-    @property
-    def scale_rule(self) -> str:
-        return "stored"
+    def weight_scale(self) -> ScaleRule:
+        return LABScale()
 
     def weight_quantizer(self) -> WeightQuantizer:
         return SignIdentity()
 
-    def init_latent_(self, layer: nn.Module) -> None:
-        """Give the layer its ``alpha_stored`` buffer, starting at BWN's ``mean(|w|)``."""
-        w = layer.weight.detach()
-        layer.register_buffer("alpha_stored", w.abs().mean().clone())
+    def activation_quantizer(self) -> Callable[[Tensor], Tensor] | None:
+        return ActSign() if self.binary_acts else None
 
     def make_optimizer(self, model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
         """LAB's Adam; the config's ``lr`` and ``weight_decay`` apply (``optimizer`` is ignored)."""
         return LABOptimizer(
             model, lr=cfg.lr, weight_decay=cfg.weight_decay, clip=self.clip or float("inf")
         )
-
-
-@dataclass(frozen=True)
-class LAB2(LAB):
-    """LAB2: LAB's weights, plus binary activations ``sign(a)`` with backward ``g * 1{|a| <= 1}``."""
-
-    name = "lab2"
-    title = "LAB2 (loss-aware, binary activations)"
-
-    def activation_quantizer(self) -> Callable[[Tensor], Tensor]:
-        return ActSign()

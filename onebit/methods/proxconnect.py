@@ -2,7 +2,7 @@
 
 A binarization method is a pair of quantizers: a forward ``F`` giving ``wb = F(w)`` and a backward
 ``B`` whose derivative replaces ``dF/dw``: ``dL/dw = B'(w) * g``. The family's members differ only
-in the pair (PAPERS.md section 1):
+in the pair (docs/methods.md#proxconnect-family):
 
 ======  ============================  =====================================
 name    forward F                     backward B
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from onebit.errors import OnebitError
 from onebit.layers import WeightQuantizer, is_binary_layer
 from onebit.methods.base import Method
-from onebit.quantizers import ActSign, ProxRamp, SignSwish, SignSwishSTE
+from onebit.quantizers import ActSign, ProxRamp, ScaleRule, SignSwish, SignSwishSTE, scale_rule
 
 __all__ = ["STEEPNESS", "BNNPlus", "BNNPlusPlus", "ProxConnect", "steepness"]
 
@@ -79,12 +79,12 @@ class _ProxFamily(Method):
             raise OnebitError(
                 f"unknown method.mu_schedule {self.mu_schedule!r}; accepted: {', '.join(STEEPNESS)}."
             )
+        scale_rule(self.scale)
 
     relaxed_eval = True
 
-    @property
-    def scale_rule(self) -> str:
-        return self.scale
+    def weight_scale(self) -> ScaleRule:
+        return scale_rule(self.scale)
 
     def _quantizer(self, mu: float) -> WeightQuantizer:
         raise NotImplementedError
@@ -110,7 +110,7 @@ class ProxConnect(_ProxFamily):
     ``s = mean|w|`` of the layer (detached); ``mu`` grows on the steepness schedule so the ramp
     tends to ``sign``. Latent weights are clipped to ``[-1, 1]`` as in BinaryConnect (without a
     clip an identity backward lets them drift until they never flip). The ramp's exact shape is our
-    reconstruction (PAPERS.md section 1). Deployed: ``sign(w)``.
+    reconstruction (docs/methods.md#proxconnect-family). Deployed: ``sign(w)``.
     """
 
     name = "pc"

@@ -55,35 +55,52 @@ class ProxQuant(Method):
     def __post_init__(self) -> None:
         if self.lam < 0:
             raise OnebitError("method.lam must be >= 0.")
+        if self.freeze_epoch is not None and self.freeze_epoch < 0:
+            raise OnebitError("method.freeze_epoch must be >= 0 (or none).")
 
     relaxed_eval = True
+
+    def freeze_at(self, epochs: int) -> int:
+        """The freeze epoch of a run of ``epochs``: the option, or the last epoch of a run of two
+        or more (a one-epoch run never freezes)."""
+        if self.freeze_epoch is not None:
+            return self.freeze_epoch
+        return epochs - 1 if epochs > 1 else epochs
+
+    def lambda_at(self, epoch: int, epochs: int) -> float:
+        """``lambda_e = lam * min(e + 1, freeze) / freeze`` before the freeze epoch, 0 from it on."""
+        freeze = self.freeze_at(epochs)
+        if epoch >= freeze:
+            return 0.0
+        return self.lam * min(epoch + 1, freeze) / max(1, freeze)
 
     def weight_quantizer(self) -> WeightQuantizer:
         return Identity()
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
-        """Set this epoch's ``lambda``; at the freeze epoch and after, binarize and freeze."""
-        freeze = self.freeze_epoch
-        if freeze is None:  # the last epoch, when there is more than one
-            freeze = epochs - 1 if epochs > 1 else epochs
-        lam = self.lam * min(epoch + 1, freeze) / max(1, freeze)
-        frozen = epoch >= freeze
+        """At the freeze epoch and after: binarize the binary layers' weights and freeze them."""
+        if epoch < self.freeze_at(epochs):
+            return
         for m in model.modules():
             if is_binary_layer(m) and m.binary:
-                m.__dict__["_prox_lambda"] = 0.0 if frozen else lam
-                if frozen:
-                    with torch.no_grad():
-                        m.weight.copy_(sign(m.weight))
-                    m.weight.requires_grad_(False)
-                    m.weight.grad = None
+                with torch.no_grad():
+                    m.weight.copy_(sign(m.weight))
+                m.weight.requires_grad_(False)
+                m.weight.grad = None
 
-    def after_step(self, model: nn.Module, lr: float = 0.0) -> None:
+    def after_step(
+        self,
+        model: nn.Module,
+        lr: float = 0.0,
+        *,
+        epoch: int = 0,
+        epochs: int = 1,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
         """Prox step with strength ``lr * lambda_e``, then clip."""
+        lam = self.lambda_at(epoch, epochs)
         with torch.no_grad():
             for m in model.modules():
-                if not (is_binary_layer(m) and m.binary and m.weight.requires_grad):
-                    continue
-                lam = m.__dict__.get("_prox_lambda", 0.0)
-                if lam > 0:
+                if lam > 0 and is_binary_layer(m) and m.binary and m.weight.requires_grad:
                     m.weight.copy_(prox_binary(m.weight, lr * lam))
-        super().after_step(model, lr)
+        super().after_step(model, lr, epoch=epoch, epochs=epochs, optimizer=optimizer)

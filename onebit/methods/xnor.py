@@ -9,7 +9,7 @@ from torch import Tensor
 
 from onebit.layers import WeightQuantizer
 from onebit.methods.base import Method
-from onebit.quantizers import ActSign, SignHtanh
+from onebit.quantizers import ActSign, ScaleRule, SignHtanh, scale_rule
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,11 @@ class XNORNet(Method):
     keep_last: bool = True
     scale: str = "channel"
 
-    @property
-    def scale_rule(self) -> str:
-        return self.scale
+    def __post_init__(self) -> None:
+        scale_rule(self.scale)  # an unknown rule is one sentence naming the accepted ones
+
+    def weight_scale(self) -> ScaleRule:
+        return scale_rule(self.scale)
 
     def weight_quantizer(self) -> WeightQuantizer:
         return SignHtanh()

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from onebit.errors import OnebitError
-from onebit.report import (
+from onebit.experiments.report import (
     format_table,
     markdown_table,
     summarize,
     table_columns,
-    write_text_atomic,
 )
+from onebit.fileio import atomic_write
 
 __all__ = [
     "README_END",
@@ -65,7 +65,7 @@ def write_record(
 
     Args:
         path: the record folder, e.g. ``records/2026-11-22_fmnist_mlp``.
-        rows: one row per run (``RunResult.row()`` or ``onebit.report.read_run``).
+        rows: one row per run (``RunResult.row()`` or ``onebit.experiments.report.read_run``).
         run_dirs: the run folders whose light files (no checkpoints) are copied to ``runs/``.
         argv: the ``onebit`` arguments that remake the record (written to ``command.sh``).
         title: the README title (default: the folder name).
@@ -84,7 +84,7 @@ def write_record(
         for name in LIGHT_FILES:
             if (Path(d) / name).exists():
                 shutil.copy2(Path(d) / name, dest / name)
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    atomic_write(out / "results.json", json.dumps(rows, indent=2) + "\n")
     if config_file is not None:
         shutil.copy2(config_file, out / "config.toml")
     if report_dir is not None:
@@ -95,12 +95,12 @@ def write_record(
         if (src / "plots").is_dir():
             shutil.copytree(src / "plots", out / "plots", dirs_exist_ok=True)
     command = "onebit " + shlex.join(argv)
-    (out / "command.sh").write_text(f"#!/bin/sh\n# remakes this record\n{command}\n")
+    atomic_write(out / "command.sh", f"#!/bin/sh\n# remakes this record\n{command}\n")
     os.chmod(out / "command.sh", 0o755)
     first_env = Path(run_dirs[0]) / "env.json" if run_dirs else None
     env = json.loads(first_env.read_text()) if first_env and first_env.is_file() else {}
     if env:
-        (out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
+        atomic_write(out / "env.json", json.dumps(env, indent=2) + "\n")
     if report_dir is not None and (out / "results.md").is_file():
         head = (out / "results.md").read_text().rstrip("\n").splitlines()
         if title:
@@ -122,7 +122,7 @@ def write_record(
         "Environment of the first run: " + _env_line(env),
         "",
     ]
-    (out / "README.md").write_text("\n".join(lines))
+    atomic_write(out / "README.md", "\n".join(lines))
     return out
 
 
@@ -229,5 +229,5 @@ def update_readme(readme: str | Path, records: str | Path, check: bool = False) 
     if new == text:
         return False
     if not check:
-        write_text_atomic(path, new)
+        atomic_write(path, new)
     return True

@@ -22,13 +22,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from onebit.config import Config, build_method, saved_config
+from onebit.checkpoint import load_checkpoint, load_model_state
 from onebit.convert import binarize_, summary
 from onebit.data import Dataset, load_dataset, subsample, unnormalized
 from onebit.errors import OnebitError
+from onebit.experiments.config import Config, build_method, saved_config
+from onebit.fileio import atomic_write
 from onebit.methods import Method
 from onebit.models import build, model_options
-from onebit.training import History, load_checkpoint, load_model_state, seed_everything, train
+from onebit.settings import cpu_model, torch_settings
+from onebit.training import History, seed_everything, train
 
 __all__ = [
     "RunResult",
@@ -120,23 +123,13 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment() -> dict[str, Any]:
     """Provenance of a result: commit, versions, machine, threads, date."""
     return {
         "commit": _git_commit(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "machine": f"{_cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
         "threads": torch.get_num_threads(),
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -167,43 +160,45 @@ def run(
     model, method = build_model(cfg, data.input_shape, data.num_classes)
     out = Path(run_dir) if run_dir is not None else None
     is_main = int(os.environ.get("RANK", "0")) == 0
-    if cfg.train.threads > 0:  # before env.json records the thread count
-        torch.set_num_threads(cfg.train.threads)
-    if out is not None and is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if resume and (out / "config.json").exists():
-            saved = saved_config(out / "config.json")
-            # where the runs folder is spelled from does not change the run
-            if {**saved, "out": None} != {**cfg.to_dict(), "out": None}:
-                raise OnebitError(
-                    f"{out} was trained with another config; resume it without --set."
-                )
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        (out / "env.json").write_text(json.dumps(environment(), indent=2) + "\n")
-        for name, src in method.run_files().items():  # e.g. the sensitivity ranking it follows
-            if not Path(src).is_file():
-                raise OnebitError(f"{src} does not exist; method {cfg.method.name!r} reads it.")
-            shutil.copyfile(src, out / name)
-    history = train(
-        model,
-        method,
-        data,
-        cfg.train,
-        run_dir=out,
-        resume=resume,
-        progress=progress,
-        extra_state={
-            "config": cfg.to_dict(),
-            "input_shape": list(data.input_shape),
-            "num_classes": data.num_classes,
-            "mean": list(data.mean),
-            "std": list(data.std),
-        },
-    )
+    teacher = load_run(method.distill_from)[1] if method.distill_from is not None else None
+    # the run's threads hold while env.json records them (train() enters the same setting)
+    with torch_settings(threads=cfg.train.threads or None):
+        if out is not None and is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            if resume and (out / "config.json").exists():
+                saved = saved_config(out / "config.json")
+                # where the runs folder is spelled from does not change the run
+                if {**saved, "out": None} != {**cfg.to_dict(), "out": None}:
+                    raise OnebitError(
+                        f"{out} was trained with another config; resume it without --set."
+                    )
+            atomic_write(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+            atomic_write(out / "env.json", json.dumps(environment(), indent=2) + "\n")
+            for name, src in method.run_files().items():  # e.g. the sensitivity ranking it follows
+                if not Path(src).is_file():
+                    raise OnebitError(f"{src} does not exist; method {cfg.method.name!r} reads it.")
+                shutil.copyfile(src, out / name)
+        history = train(
+            model,
+            method,
+            data,
+            cfg.train,
+            run_dir=out,
+            resume=resume,
+            progress=progress,
+            extra_state={
+                "config": cfg.to_dict(),
+                "input_shape": list(data.input_shape),
+                "num_classes": data.num_classes,
+                "mean": list(data.mean),
+                "std": list(data.std),
+            },
+            teacher=teacher,
+        )
     size = size_report(model, data.input_shape)
     result = RunResult(out, cfg.method.name, cfg.train.seed, history, size)
     if out is not None and is_main:
-        (out / "summary.json").write_text(json.dumps(result.row(), indent=2) + "\n")
+        atomic_write(out / "summary.json", json.dumps(result.row(), indent=2) + "\n")
     return result
 
 

@@ -7,7 +7,9 @@ A config file has four tables, each optional::
     [method]  name, plus the method's options (e.g. stochastic = true for bc)
     [train]   epochs, batch_size, optimizer, lr, ... (see TrainConfig)
 
-An unknown key or a value of the wrong type is one ``OnebitError`` naming the accepted keys.
+An unknown key or a value of the wrong type is one ``OnebitError`` naming the accepted keys. An
+option that may be unset is spelled ``"none"`` in a file (TOML has no null): ``clip = "none"``.
+The recipe itself, :class:`onebit.training.TrainConfig`, lives with the training loop.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from onebit.errors import OnebitError
-from onebit.methods import Method, method_class
+from onebit.gemm import BACKENDS
+from onebit.methods import Method, method_preset
+from onebit.methods import build_method as _build_method
 from onebit.models import MODELS, model_options
+from onebit.training import LOSSES, SCHEDULES, TrainConfig
 
 __all__ = [
     "Config",
@@ -86,69 +91,15 @@ class MethodConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class TrainConfig:
-    """The training recipe.
-
-    Attributes:
-        epochs: passes over the training set.
-        batch_size: global batch size (split across processes under torchrun).
-        optimizer: ``adam`` or ``sgd``.
-        lr: initial learning rate.
-        lr_final: last-epoch learning rate for ``exp`` and ``cosine`` schedules.
-        schedule: ``constant``, ``exp`` (geometric from lr to lr_final, per epoch), ``exp_step``
-            (the same decay at every step, reaching lr_final at the end, as Keras), ``cosine``,
-            ``multistep`` (times ``gamma`` at each of ``milestones``).
-        milestones: epochs at which ``multistep`` multiplies the rate by ``gamma``.
-        gamma: the ``multistep`` factor.
-        momentum: SGD momentum. nesterov: Nesterov momentum for SGD.
-        weight_decay: L2 penalty (SGD) or decoupled decay (AdamW-style is not used: Adam's own).
-        loss: ``ce`` (cross-entropy) or ``hinge`` (squared hinge, BinaryConnect/LAB).
-        grad_clip: clip the gradient norm to this value (None: off).
-        seed: seed of initialization, data order and stochastic binarization.
-        threads: torch threads per process (0: all cores divided by the number of processes).
-        deterministic: ask torch for deterministic algorithms.
-        compile: wrap the model in ``torch.compile``.
-        gemm: the kernel of the fully connected layers' matrix products on the CPU (see
-            :mod:`onebit.gemm`): ``torch`` (MKL in torch's wheels), ``onebit`` (the native
-            AVX-512 kernel, which then also takes the run's threads while torch's other ops run
-            on one), or ``auto`` (``onebit`` where the kernel exists and every parameter of the
-            model sits in a linear or normalization layer, as in the MLPs; ``torch`` otherwise,
-            and always under ``compile``).
-        channels_last: use the channels-last memory format for conv nets.
-        eval_batch_size: batch size of evaluation.
-        tensorboard: also write TensorBoard event files into the run folder (needs tensorboard).
-    """
-
-    epochs: int = 10
-    batch_size: int = 100
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    lr_final: float | None = None
-    schedule: str = "constant"
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    loss: str = "ce"
-    grad_clip: float | None = None
-    seed: int = 0
-    threads: int = 0
-    deterministic: bool = True
-    compile: bool = False
-    gemm: str = "auto"
-    channels_last: bool = True
-    eval_batch_size: int = 1000
-    tensorboard: bool = False
-
-
 CHOICES = {
     ("train", "optimizer"): ("adam", "sgd"),
-    ("train", "gemm"): ("auto", "torch", "onebit"),
-    ("train", "schedule"): ("constant", "exp", "exp_step", "cosine", "multistep"),
-    ("train", "loss"): ("ce", "hinge"),
+    ("train", "gemm"): BACKENDS,
+    ("train", "schedule"): SCHEDULES,
+    ("train", "loss"): tuple(LOSSES),
 }
+
+NONE = "none"
+"""How a config file spells an unset option (TOML has no null)."""
 
 
 @dataclass
@@ -189,8 +140,8 @@ class Config:
         model = dict(d.get("model", {}))
         cfg.model = ModelConfig(_check("model.name", model.pop("name", "mlp"), str), model)
         _check_model_options(cfg.model)
-        method = dict(d.get("method", {}))
-        cfg.method = MethodConfig(_check("method.name", method.pop("name", "bc"), str), method)
+        table = dict(d.get("method", {}))
+        cfg.method = MethodConfig(_check("method.name", table.pop("name", "bc"), str), table)
         build_method(cfg.method)  # validates
         for (section, key), allowed in CHOICES.items():
             value = getattr(getattr(cfg, section), key)
@@ -210,7 +161,7 @@ def _check(key: str, value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        if (value is None or value == NONE) and type(None) in args:
             return None
         for a in args:
             if a is type(None):
@@ -269,18 +220,20 @@ def _check_model_options(model: ModelConfig) -> None:
 
 
 def build_method(mc: MethodConfig) -> Method:
-    """The method instance a ``[method]`` table describes (options checked against its fields)."""
-    cls = method_class(mc.name)
-    try:
-        return _dataclass_from(cls, mc.options, "method")
-    except OnebitError as e:
-        if "unknown key" in str(e):
-            fields = ", ".join(sorted(f.name for f in dataclasses.fields(cls)))
-            bad = str(e).split()[2].rstrip(";")
+    """The method instance a ``[method]`` table describes (options checked against its fields,
+    ``"none"`` accepted where an option may be unset)."""
+    row = method_preset(mc.name)
+    hints = typing.get_type_hints(row.cls)
+    accepted = row.options()
+    checked = {}
+    for k, v in mc.options.items():
+        if k not in accepted:
             raise OnebitError(
-                f"unknown key {bad} for method {mc.name!r}; accepted: name, {fields}."
-            ) from None
-        raise
+                f"unknown key method.{k} for method {mc.name!r}; accepted: name, "
+                f"{', '.join(sorted(accepted))}."
+            )
+        checked[k] = _check(f"method.{k}", v, hints[k])
+    return _build_method(mc.name, **checked)
 
 
 def _parse_value(text: str) -> Any:

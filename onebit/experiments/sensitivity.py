@@ -15,7 +15,7 @@ A stage folder (``<out>/<name>/sensitivity-s<seed>/``) holds::
     sensitivity.png     validation accuracy per layer (with matplotlib)
 
 ``onebit sensitivity CONFIG`` runs it on its own, the probes in parallel worker processes (one
-torch thread each on 2 cores) through ``onebit.compare``'s machinery; ``onebit compare`` runs it
+torch thread each on 2 cores) through the grid of ``onebit.experiments.grid``; ``onebit compare`` runs it
 as a pre-training stage of the sensitivity-guided methods (its folder is the same, so a ranking
 made first by ``onebit sensitivity`` with the same config is reused).
 """
@@ -25,21 +25,21 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from onebit.compare import Job, _data_key, _execute, _plain, _state
-from onebit.config import Config, MethodConfig
 from onebit.errors import OnebitError
+from onebit.experiments.config import Config, MethodConfig
+from onebit.experiments.grid import Job, Stage, data_key, execute, job_state, plain, worker_threads
+from onebit.fileio import atomic_write
 from onebit.schedules import Ranking, auto_epochs_per_layer, schedulable_layers, write_ranking
 
 __all__ = [
-    "OPTION",
     "RANKING_FILE",
+    "STAGE",
     "layer_names",
     "output_path",
     "probe_epochs",
@@ -53,8 +53,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OPTION = "ranking"
-"""The method option the ranking file's path is written to."""
 RANKING_FILE = "sensitivity.json"
 STAGE_FILE = "stage.json"
 PROBE_METHOD = "iterative"
@@ -94,7 +92,7 @@ def stage_state(cfg: Config, run_dir: str | Path) -> str:
         saved = json.loads(f.read_text())
     except ValueError:
         saved = None
-    want = _plain(cfg.to_dict())
+    want = plain(cfg.to_dict())
     if not isinstance(saved, dict) or {**saved, "out": None} != {**want, "out": None}:
         raise OnebitError(
             f"{d} holds a sensitivity pre-training of another config; use another --out, or "
@@ -105,7 +103,7 @@ def stage_state(cfg: Config, run_dir: str | Path) -> str:
 
 def layer_names(cfg: Config, input_shape: Sequence[int], num_classes: int) -> list[str]:
     """The layers the probes binarize: every Conv/Linear of the model (method ``iterative``)."""
-    from onebit.runs import build_model
+    from onebit.experiments.runs import build_model
 
     with torch.device("meta"):  # names only: allocate nothing
         model, _ = build_model(stage_config(cfg), tuple(input_shape), num_classes)
@@ -152,7 +150,7 @@ def _gather(cfg: Config, run_dir: Path, names: Sequence[str], jobs: Sequence[Job
             "matplotlib is not installed; no sensitivity plot (pip install 'onebit[plots]')"
         )
     else:
-        from onebit.plots import plot_sensitivity
+        from onebit.experiments.plots import plot_sensitivity
 
         pairs = [(n, [a]) for n, a in layers]
         plot_sensitivity({f"probes ({ranking.epochs_per_layer} ep)": pairs},
@@ -178,29 +176,25 @@ def run_stages(
     for cfg, d in stages:
         if stage_state(cfg, d) != "done":
             d.mkdir(parents=True, exist_ok=True)
-            tmp = d / f".{STAGE_FILE}.tmp{os.getpid()}"
-            tmp.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-            os.replace(tmp, d / STAGE_FILE)
+            atomic_write(d / STAGE_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")
             todo.append((cfg, d))
     if todo:
         if data is None:
-            from onebit.runs import load_data
+            from onebit.experiments.runs import load_data
 
             data = load_data(todo[0][0])
         probes = []
         for cfg, d in todo:
             names = layer_names(cfg, data.input_shape, data.num_classes)
             probes.append((cfg, d, names, _probe_jobs(cfg, d, names)))
-        checked = [_state(j) for *_, jobs in probes for j in jobs]
+        checked = [job_state(j) for *_, jobs in probes for j in jobs]
         done = {j.key for state, j in checked if state == "done"}
         run = [j for state, j in checked if state != "done"]
         workers = min(workers, max(1, len(run)))
-        threads = 0
-        if workers > 1 and todo[0][0].train.threads == 0:
-            threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = worker_threads(workers, todo[0][0])
         failed: dict[str, str] = {}
         log.info("sensitivity: %d probe runs (%d finished before)", len(run), len(done))
-        _execute(run, done, workers, threads, failed, {_data_key(todo[0][0]): data})
+        execute(run, done, workers, threads, failed, {data_key(todo[0][0]): data})
         if failed:
             key, why = next(iter(failed.items()))
             raise OnebitError(f"sensitivity probe {key} failed: {why}")
@@ -226,3 +220,7 @@ def sensitivity(
         sc = stage_config(c)
         stages.append((sc, stage_dir(sc)))
     return run_stages(stages, data, workers)
+
+
+STAGE = Stage("sensitivity", stage_config, output_path, stage_state, run_stage)
+"""The sensitivity pre-training as a stage of ``onebit compare``'s grid."""

@@ -1,6 +1,7 @@
-"""BiTAT's weight transformation, OUR RECONSTRUCTION (Park et al. 2022, arXiv 2207.01394).
+"""Weight parametrizations of binarized layers: BiTAT's decorrelating transform, OUR
+RECONSTRUCTION (Park et al. 2022, arXiv 2207.01394; docs/methods.md#bitat [recon]).
 
-PAPERS.md section 5 [recon]. Per binarized layer, with the weight flattened to ``W`` of shape
+:class:`BitatTransform` is a :class:`onebit.layers.WeightParametrization`. Per binarized layer, with the weight flattened to ``W`` of shape
 ``(out, d)`` (a conv's ``d = in/groups * kh * kw``, in torch's order) and ``x`` the layer's input
 patches of dimension ``d`` (what one output unit multiplies with its ``d`` weights):
 
@@ -18,7 +19,7 @@ patches of dimension ``d`` (what one output unit multiplies with its ``d`` weigh
 
 Gradients reach ``V`` and ``s`` by autograd through ``W``: ``dL/dV = (G U) * s`` and
 ``dL/ds = sum_o (G U * V)_o`` with ``G = dL/dW`` (the quantizer's straight-through gradient). The
-layer's plain ``weight`` is kept equal to ``W`` after every optimizer step (``materialize_``), so
+layer's plain ``weight`` is kept equal to ``W`` after every optimizer step (``step_``), so
 evaluation, checkpoints' ``weight`` entries, packing and export see an ordinary binary layer; the
 transform's own tensors are training state only.
 """
@@ -26,13 +27,15 @@ transform's own tensors are training state only.
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from onebit.layers import WeightParametrization, is_binary_layer
+from onebit.shapes import conv_output_size
 
 __all__ = [
     "BitatTransform",
@@ -86,9 +89,7 @@ def input_patches(layer: nn.Module, x: Tensor, max_rows: int) -> Tensor:
         h, w = x.shape[-2:]
         kh, kw = layer.kernel_size
         (ph, pw), (sh, sw), (dh, dw) = layer.padding, layer.stride, layer.dilation  # type: ignore[misc]
-        positions = ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1) * (
-            (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        )
+        positions = conv_output_size(h, kh, sh, ph, dh) * conv_output_size(w, kw, sw, pw, dw)
         b = min(x.shape[0], max(1, math.ceil(4 * max_rows / (g * positions))))
         cols = F.unfold(
             x[:b].contiguous(), layer.kernel_size, layer.dilation, layer.padding, layer.stride
@@ -102,7 +103,7 @@ def input_patches(layer: nn.Module, x: Tensor, max_rows: int) -> Tensor:
     return rows
 
 
-class BitatTransform(nn.Module):
+class BitatTransform(WeightParametrization):
     """The reparametrization ``W = (V * s) U^T`` of one layer's weight, with its statistics.
 
     Parameters: ``v`` (out, d) and ``s`` (d,). Buffers: ``basis`` ``U`` (d, d), the running sums
@@ -110,8 +111,6 @@ class BitatTransform(nn.Module):
     Refresh times are a pure function of ``steps``: the first after ``stats_batches`` steps, then
     every ``refresh_every`` steps, each from the ``stats_batches`` batches just before it.
     """
-
-    training_only: ClassVar[bool] = True  # not part of the deployed model (see convert.summary)
 
     def __init__(
         self,
@@ -135,7 +134,6 @@ class BitatTransform(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64, device=weight.device))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long, device=weight.device))
         self.register_buffer("refreshes", torch.zeros((), dtype=torch.long, device=weight.device))
-        self.optimizer: weakref.ref[torch.optim.Optimizer] | None = None
 
     def forward(self) -> Tensor:
         """``W = (V * s) U^T`` in the weight's shape."""
@@ -167,12 +165,12 @@ class BitatTransform(nn.Module):
         self.v.copy_(reexpress(weight.reshape(self.v.shape), self.basis, self.s))
 
     @torch.no_grad()
-    def refresh_(self, weight: Tensor) -> bool:
+    def refresh_(self, weight: Tensor, optimizer: torch.optim.Optimizer | None = None) -> bool:
         """Re-estimate ``U`` from the collected statistics, keep ``W`` (= ``weight``) unchanged.
 
-        The first refresh also initializes ``s`` from the eigenvalues. Adam's moments of ``V``
-        (coordinates of the old basis) are dropped when the optimizer is known. Returns False when
-        no statistics were collected.
+        The first refresh also initializes ``s`` from the eigenvalues. The optimizer's moments of
+        ``V`` (coordinates of the old basis) are dropped when ``optimizer`` is given. Returns False
+        when no statistics were collected.
         """
         if float(self.count) == 0:
             return False
@@ -189,17 +187,16 @@ class BitatTransform(nn.Module):
         self.corr.zero_()
         self.count.zero_()
         self.refreshes += 1
-        opt = self.optimizer() if self.optimizer is not None else None
-        if opt is not None:
-            opt.state.pop(self.v, None)
+        if optimizer is not None:
+            optimizer.state.pop(self.v, None)
         return True
 
     @torch.no_grad()
-    def step_(self, weight: Tensor) -> None:
+    def step_(self, weight: Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
         """After an optimizer step: count it, refresh when due, and write ``W`` into ``weight``."""
         self.steps += 1
         if self.is_refresh_step(int(self.steps)):
-            self.refresh_(self().detach())
+            self.refresh_(self().detach(), optimizer)
         weight.copy_(self())
 
     def extra_repr(self) -> str:
@@ -212,17 +209,16 @@ class BitatTransform(nn.Module):
 def attach_(
     layer: nn.Module, refresh_every: int = 200, stats_batches: int = 10, max_rows: int = 2048
 ) -> BitatTransform:
-    """Give a binarized layer a :class:`BitatTransform` as its ``reparam`` (identity at first:
-    ``U = I``, ``s = 1``, ``V = W``); its plain ``weight`` then stops being trained directly."""
+    """Give a binarized layer a :class:`BitatTransform` as its parametrization (identity at
+    first: ``U = I``, ``s = 1``, ``V = W``); its plain ``weight`` then stops being trained directly."""
     t = BitatTransform(layer.weight, refresh_every, stats_batches, max_rows)
-    layer.reparam = t
-    layer.weight.requires_grad_(False)
+    layer.parametrize_(t)
     return t
 
 
 def transforms(model: nn.Module) -> Iterator[tuple[nn.Module, BitatTransform]]:
     """``(layer, transform)`` for every layer of ``model`` that carries a BiTAT transform."""
     for m in model.modules():
-        t = m._modules.get("reparam")
+        t = m.parametrization if is_binary_layer(m) else None
         if isinstance(t, BitatTransform):
             yield m, t

@@ -18,13 +18,14 @@ import csv
 import io
 import json
 import logging
-import os
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from onebit.errors import OnebitError
+from onebit.fileio import atomic_write
+from onebit.schedules import read_ranking
 
 __all__ = [
     "COMPARE_COLUMNS",
@@ -396,13 +397,6 @@ def results_csv(doc: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path``, then rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_results(
     out_dir: str | Path,
     rows: Sequence[dict[str, Any]],
@@ -429,9 +423,9 @@ def write_results(
     if plots and run_dirs:
         made = make_plots(run_dirs, out / "plots")
     rel = [p.relative_to(out).as_posix() for p in made]
-    write_text_atomic(out / "results.json", json.dumps(doc, indent=2) + "\n")
-    write_text_atomic(out / "results.csv", results_csv(doc))
-    write_text_atomic(out / "results.md", results_markdown(doc, rel))
+    atomic_write(out / "results.json", json.dumps(doc, indent=2) + "\n")
+    atomic_write(out / "results.csv", results_csv(doc))
+    atomic_write(out / "results.md", results_markdown(doc, rel))
     return {**doc, "plots": rel}
 
 
@@ -465,8 +459,8 @@ def _latent_weights(run_dirs: Sequence[Path], per_run: int = 200_000) -> dict[st
     """Per method, per binary layer: the latent weights at the end (``last.pt``), seeds pooled."""
     import numpy as np
 
+    from onebit.experiments.runs import load_run
     from onebit.layers import is_binary_layer
-    from onebit.runs import load_run
 
     out: dict[str, dict[str, list[Any]]] = {}
     rows = [r for r in (read_run(d) or _unfinished_row(d) for d in run_dirs) if r is not None]
@@ -501,10 +495,9 @@ def _sensitivity(run_dirs: Sequence[Path]) -> dict[str, list[tuple[str, list[flo
         if not path.is_file():
             continue
         try:
-            layers = read_json(path)["layers"]
-            pairs = [(str(x["name"]), float(x["val_acc"])) for x in layers]
-        except (OnebitError, KeyError, TypeError, ValueError):
-            log.warning("%s is not a sensitivity file ({layers: [{name, val_acc}]}); skipped", path)
+            pairs = read_ranking(path).layers
+        except OnebitError as e:
+            log.warning("%s; skipped", e)
             continue
         for name, acc in pairs:
             out.setdefault(row["method"], {}).setdefault(name, []).append(acc)
@@ -522,7 +515,7 @@ def make_plots(run_dirs: Sequence[Path], out_dir: str | Path) -> list[Path]:
 
     Without matplotlib this logs a warning and returns no plots.
     """
-    from onebit import plots
+    from onebit.experiments import plots
 
     try:
         import matplotlib  # noqa: F401

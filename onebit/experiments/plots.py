@@ -1,6 +1,6 @@
 """PNG plots of a comparison: accuracy curves, latent-weight histograms, flip rates, sensitivity.
 
-Each function takes plain data (lists and arrays, not run folders: :mod:`onebit.report` reads those)
+Each function takes plain data (lists and arrays, not run folders: :mod:`onebit.experiments.report` reads those)
 and a path, writes one PNG atomically (a temporary name, then rename) and returns the path, or
 None when there is nothing to draw. matplotlib is imported inside the functions, and only its
 object-oriented API is used (a ``Figure`` rendered by the Agg canvas, no ``pyplot``), so importing
@@ -9,12 +9,13 @@ onebit stays light and no global backend is changed.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from onebit.fileio import atomic_write
 
 __all__ = [
     "method_colors",
@@ -37,10 +38,7 @@ def _figure(width: float, height: float) -> Any:
 def _save(fig: Any, path: str | Path) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, p)
-    return p
+    return atomic_write(p, lambda tmp: fig.savefig(tmp, format="png"), fsync=False)
 
 
 def _band(ax: Any, name: str, runs: Sequence[Sequence[float]], color: Any) -> None:
