@@ -28,7 +28,7 @@ from typing import Any
 
 from onebit.errors import OnebitError
 from onebit.experiments.config import Config, saved_config
-from onebit.settings import default_threads, set_process_threads
+from onebit.settings import default_threads, set_process_threads, torch_settings
 
 __all__ = ["Job", "Stage", "data_key", "execute", "job_state", "plain", "worker_threads"]
 
@@ -170,13 +170,16 @@ def _run_job(
 
     cache = _DATA if cache is None else cache
     key = data_key(cfg)
-    if key not in cache:
-        cache.clear()  # one dataset at a time
-        cache[key] = load_data(cfg)
-    if stage is not None:
-        stage.run(cfg, run_dir, cache[key])
-        return
-    run(cfg, run_dir=run_dir, resume=True, data=cache[key])
+    # the run's threads from the start: what is computed while loading and building (dataset
+    # statistics, LAB's first alpha) is a float reduction whose order depends on the threads
+    with torch_settings(threads=cfg.train.threads or None):
+        if key not in cache:
+            cache.clear()  # one dataset at a time
+            cache[key] = load_data(cfg)
+        if stage is not None:
+            stage.run(cfg, run_dir, cache[key])
+            return
+        run(cfg, run_dir=run_dir, resume=True, data=cache[key])
 
 
 def _why(e: BaseException) -> str:
