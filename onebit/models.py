@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from onebit.convert import LayerPolicy
 from onebit.errors import OnebitError
+from onebit.external import huggingface, imported
 from onebit.recurrent import lstm_lm
 
 __all__ = [
@@ -443,6 +444,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vit": vit,
     "mobilenet_small": mobilenet_small,
     "lstm_lm": lstm_lm,
+    "import": imported,
+    "hf": huggingface,
 }
 
 

@@ -47,6 +47,8 @@ __all__ = [
     "SignSwishSTE",
     "StochasticSign",
     "StochasticSignSTE",
+    "ThresholdSign",
+    "WeightBuffer",
     "scale",
     "scale_rule",
     "sign",
@@ -77,44 +79,88 @@ def sign_into(x: Tensor, out: Tensor) -> Tensor:
     return torch.copysign(torch.ones((), dtype=x.dtype, device=x.device), out, out=out)
 
 
+class WeightBuffer:
+    """A reusable weight-shaped tensor that a training forward weight is written into.
+
+    Allocating a fresh weight-sized tensor every step costs more than the sign itself on CPU, so
+    each binarized layer keeps one. It is lent to one autograd graph at a time: :meth:`lend`
+    returns it, or None while a graph that has not been backpropagated holds it (a layer called
+    twice in one forward, e.g. a shared block; a forward with grad enabled that was never
+    backpropagated), and the quantizer then allocates. The backward of the graph returns it.
+    Never saved, copied or moved with the model (``BinaryLayer.__getstate__`` drops it).
+    """
+
+    __slots__ = ("busy", "tensor")
+
+    def __init__(self) -> None:
+        self.tensor: Tensor | None = None
+        self.busy = False
+
+    def lend(self, like: Tensor, graph: bool) -> Tensor | None:
+        """The buffer shaped as ``like`` (re-made on a shape, dtype or device change), marked busy
+        when a ``graph`` will hold it; None while it is busy."""
+        if self.busy:
+            return None
+        t = self.tensor
+        if t is None or t.shape != like.shape or t.dtype != like.dtype or t.device != like.device:
+            t = torch.empty_like(like, requires_grad=False, memory_format=torch.preserve_format)
+            self.tensor = t
+        self.busy = graph
+        return t
+
+    def release(self) -> None:
+        """The graph that held the buffer has been backpropagated."""
+        self.busy = False
+
+
+def _lend(buf: WeightBuffer | None, w: Tensor) -> Tensor | None:
+    if buf is None:
+        return None
+    return buf.lend(w, torch.is_grad_enabled() and w.requires_grad)
+
+
 class SignSTE(torch.autograd.Function):
     """Forward ``sign(w)``; backward passes ``g`` unchanged (identity straight-through estimator).
 
-    BinaryConnect, Courbariaux et al. 2015: ``dL/dw = g``. ``buf`` is an optional one-element
-    list holding a tensor shaped like ``w`` to write the result into: allocating a fresh weight-sized
-    tensor every step costs more than the sign itself on CPU. Autograd's version counter still
-    guards it: reusing the buffer before the previous graph's backward raises instead of corrupting.
+    BinaryConnect, Courbariaux et al. 2015: ``dL/dw = g``. ``out`` is a weight-shaped tensor to
+    write the result into (from a :class:`WeightBuffer`, returned to it by the backward), or None.
     """
 
     @staticmethod
-    def forward(ctx, w: Tensor, buf: list[Tensor] | None = None) -> Tensor:
-        if buf is None:
+    def forward(ctx, w: Tensor, out: Tensor | None = None, buf: WeightBuffer | None = None) -> Tensor:
+        ctx.buf = buf
+        if out is None:
             return sign(w)
-        return sign_into(w, buf[0])
+        return sign_into(w, out)
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
-        return g, None
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:
+        if ctx.buf is not None:
+            ctx.buf.release()
+        return g, None, None
 
 
 class SignMaskedSTE(torch.autograd.Function):
     """Forward ``sign(x)``; backward ``g * 1{|x| <= 1}`` (the hardtanh straight-through estimator).
 
     BNN, Hubara et al. 2016 (for activations); XNOR-Net, Rastegari et al. 2016 (for weights).
-    ``buf`` as in ``SignSTE``.
+    ``out`` and ``buf`` as in ``SignSTE``.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, buf: list[Tensor] | None = None) -> Tensor:
+    def forward(ctx, x: Tensor, out: Tensor | None = None, buf: WeightBuffer | None = None) -> Tensor:
         ctx.save_for_backward(x)
-        if buf is None:
+        ctx.buf = buf
+        if out is None:
             return sign(x)
-        return sign_into(x, buf[0])
+        return sign_into(x, out)
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:
         (x,) = ctx.saved_tensors
-        return g * (x.abs() <= 1).to(g.dtype), None
+        if ctx.buf is not None:
+            ctx.buf.release()
+        return g * (x.abs() <= 1).to(g.dtype), None, None
 
 
 class StochasticSignSTE(torch.autograd.Function):
@@ -138,9 +184,9 @@ class StochasticSignSTE(torch.autograd.Function):
 class SignIdentity:
     """``wb = sign(w)``, ``dL/dw = g`` (BinaryConnect deterministic)."""
 
-    def __call__(self, w: Tensor, buf: list[Tensor] | None = None) -> Tensor:
-        """Training forward weight (written into ``buf[0]`` when given)."""
-        return SignSTE.apply(w, buf)
+    def __call__(self, w: Tensor, buf: WeightBuffer | None = None) -> Tensor:
+        """Training forward weight (written into ``buf`` when it is free)."""
+        return SignSTE.apply(w, _lend(buf, w), buf)
 
     def hard(self, w: Tensor) -> Tensor:
         """Deployed weight ``sign(w)``."""
@@ -151,9 +197,9 @@ class SignIdentity:
 class SignHtanh:
     """``wb = sign(w)``, ``dL/dw = g * 1{|w| <= 1}`` (hardtanh STE; BWN/XNOR-Net weights)."""
 
-    def __call__(self, w: Tensor, buf: list[Tensor] | None = None) -> Tensor:
-        """Training forward weight (written into ``buf[0]`` when given)."""
-        return SignMaskedSTE.apply(w, buf)
+    def __call__(self, w: Tensor, buf: WeightBuffer | None = None) -> Tensor:
+        """Training forward weight (written into ``buf`` when it is free)."""
+        return SignMaskedSTE.apply(w, _lend(buf, w), buf)
 
     def hard(self, w: Tensor) -> Tensor:
         """Deployed weight ``sign(w)``."""
@@ -164,7 +210,7 @@ class SignHtanh:
 class StochasticSign:
     """``wb = ±1`` with ``P(+1) = clip((w+1)/2, 0, 1)``, ``dL/dw = g``; deployed as ``sign(w)``."""
 
-    def __call__(self, w: Tensor, buf: list[Tensor] | None = None) -> Tensor:
+    def __call__(self, w: Tensor, buf: WeightBuffer | None = None) -> Tensor:
         """Training forward weight (a fresh draw every call; ``buf`` unused)."""
         return StochasticSignSTE.apply(w)
 
@@ -183,6 +229,38 @@ class ActSign:
     def __call__(self, a: Tensor) -> Tensor:
         """Binarize activations (same rule in training and evaluation)."""
         return SignMaskedSTE.apply(a)
+
+
+class ThresholdSign(torch.nn.Module):
+    """Activation binarizer with a learnable threshold per channel: ``a_b = sign(a - tau)``
+    (ReActNet's RSign, Liu et al. 2020, arXiv 2003.03488).
+
+    Backward: ``dL/da = g * 1{|a - tau| <= 1}`` and ``dL/dtau = -sum of the same`` (autograd
+    through ``a - tau``). It serves inputs that a non-negative producer (ReLU, ReLU6, sigmoid,
+    softmax) makes constant under a plain sign: :func:`onebit.convert.binarize_` sets ``tau`` to
+    the per-channel mean of an example batch, so the signs split. Packed, the bit is ``a >= tau``.
+
+    Args:
+        tau: the thresholds, one per channel.
+        dim: the channel dimension of the inputs (1 for convolutions, -1 for linear layers).
+    """
+
+    def __init__(self, tau: Tensor, dim: int = -1) -> None:
+        super().__init__()
+        self.tau = torch.nn.Parameter(tau.detach().clone().float())
+        self.dim = dim
+
+    def shift(self, a: Tensor) -> Tensor:
+        """``tau`` shaped to broadcast against inputs like ``a``."""
+        shape = [1] * a.dim()
+        shape[self.dim] = -1
+        return self.tau.view(shape)
+
+    def forward(self, a: Tensor) -> Tensor:
+        return SignMaskedSTE.apply(a - self.shift(a))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.tau.numel()}, dim={self.dim}"
 
 
 def signswish(x: Tensor, b: float) -> Tensor:
@@ -261,7 +339,7 @@ class ProxRamp:
 
     mu: float = 1.0
 
-    def __call__(self, w: Tensor, buf: list[Tensor] | None = None) -> Tensor:
+    def __call__(self, w: Tensor, buf: WeightBuffer | None = None) -> Tensor:
         """Training forward weight."""
         return _RampSTE.apply(w, self.mu, _layer_unit(w))
 
@@ -276,7 +354,7 @@ class SignSwishSTE:
 
     mu: float = 1.0
 
-    def __call__(self, w: Tensor, buf: list[Tensor] | None = None) -> Tensor:
+    def __call__(self, w: Tensor, buf: WeightBuffer | None = None) -> Tensor:
         """Training forward weight ``sign(w)`` with the SignSwish backward."""
         return _SignSwishBackward.apply(w, self.mu, _layer_unit(w))
 
@@ -294,7 +372,7 @@ class SignSwish:
 
     mu: float = 1.0
 
-    def __call__(self, w: Tensor, buf: list[Tensor] | None = None) -> Tensor:
+    def __call__(self, w: Tensor, buf: WeightBuffer | None = None) -> Tensor:
         """Training forward weight ``SS_mu(w / s)``."""
         return _SignSwishExact.apply(w, self.mu, _layer_unit(w))
 
@@ -307,7 +385,7 @@ class SignSwish:
 class Identity:
     """Training forward ``wb = w`` (gradient at the latent point, ProxQuant); deployed ``sign(w)``."""
 
-    def __call__(self, w: Tensor, buf: list[Tensor] | None = None) -> Tensor:
+    def __call__(self, w: Tensor, buf: WeightBuffer | None = None) -> Tensor:
         """Training forward weight: the latent weight itself."""
         return w
 
@@ -335,7 +413,7 @@ class GroupClip:
 
     k: float = 2.0
 
-    def __call__(self, w: Tensor, buf: list[Tensor] | None = None) -> Tensor:
+    def __call__(self, w: Tensor, buf: WeightBuffer | None = None) -> Tensor:
         """Training forward weight (relaxed, mostly at ±1)."""
         return group_clip(w, self.k)
 
@@ -363,7 +441,7 @@ class ScaleRule:
         raise NotImplementedError(f"scale rule {self.name!r} is not a function of w alone")
 
     def __call__(self, layer: Any) -> Tensor:
-        return self.of(layer.weight)
+        return self.of(layer.latent())  # output channels first
 
 
 @dataclass(frozen=True)

@@ -18,3 +18,6 @@ if ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
   fi
 fi
 "${pip[@]}" install -c constraints.txt -e ".[dev]"
+# tests binarize models written outside onebit: pytorchcv without its dependencies (its
+# torchvision would pull another torch; the modules the tests import need only torch)
+"${pip[@]}" install -c constraints.txt --no-deps "pytorchcv==0.0.74"

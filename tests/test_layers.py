@@ -61,13 +61,32 @@ def test_eval_uses_hard_sign_and_unbinary_layer_is_float():
     assert torch.allclose(b(x), lin(x))
 
 
-def test_reusing_weight_buffer_before_backward_raises_instead_of_corrupting():
+def test_a_layer_called_twice_before_backward_never_corrupts_its_gradients():
+    """The forward-weight buffer is lent to one graph at a time: a second call before the first
+    graph's backward (a block shared within one forward) gets a fresh tensor, so both graphs keep
+    their own weights; the buffer is reused once the graph has been backpropagated."""
     lin = binary_from_float(nn.Linear(4, 3), SignIdentity(), "none", None)
     x = torch.randn(2, 4, requires_grad=True)
     y1 = lin(x)
-    y2 = lin(x)  # rewrites the shared forward-weight buffer saved by y1's graph
-    y2.sum().backward()
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+    y2 = lin(x)
+    (y1.sum() + 2 * y2.sum()).backward()
+    ref = 3 * sign(lin.weight.detach()).sum(0).expand(2, -1)
+    torch.testing.assert_close(x.grad, ref)
+    torch.testing.assert_close(lin.weight.grad, 3 * x.detach().sum(0).expand(3, -1))
+    buf = lin._buffer()
+    assert not buf.busy  # returned by the backward
+    lin(x).sum().backward()
+    assert lin._buffer().tensor is buf.tensor  # reused, not re-allocated
+
+
+def test_a_write_into_a_saved_buffer_still_trips_autograds_check():
+    """The safety net below the lending rule: writing a tensor a live graph saved raises."""
+    lin = binary_from_float(nn.Linear(4, 3), SignIdentity(), "none", None)
+    x = torch.randn(2, 4, requires_grad=True)
+    y1 = lin(x)
+    lin._buffer().busy = False  # pretend the lending rule failed
+    with pytest.raises(RuntimeError, match="inplace"):
+        lin(x)
         y1.sum().backward()
 
 

@@ -11,6 +11,7 @@ from onebit.quantizers import (
     SignHtanh,
     SignIdentity,
     StochasticSign,
+    WeightBuffer,
     scale,
     sign,
 )
@@ -38,11 +39,11 @@ def test_sign_identity_ste():
 
 
 def test_sign_identity_with_buffer_matches_and_reuses_memory():
-    buf = [torch.empty_like(X)]
+    buf = WeightBuffer()
     y, gx = _grad(lambda w: SignIdentity()(w, buf), X)
     assert torch.equal(y, sign(X))
     assert torch.equal(gx, torch.arange(1.0, len(X) + 1))
-    assert buf[0].data_ptr() == SignIdentity()(X, buf).data_ptr()
+    assert buf.tensor.data_ptr() == SignIdentity()(X, buf).data_ptr()
 
 
 def test_sign_htanh_ste_masks_outside_unit_interval():

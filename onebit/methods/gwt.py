@@ -27,7 +27,7 @@ def off_binary_fraction(model: nn.Module, k: float) -> float:
     with torch.no_grad():
         for m in model.modules():
             if is_binary_layer(m) and m.binary:
-                wb = group_clip(m.weight, k)
+                wb = group_clip(m.latent(), k)
                 off += int((wb.abs() < 1).sum())
                 total += wb.numel()
     return off / total if total else 0.0
