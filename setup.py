@@ -19,6 +19,8 @@ SOURCES = [
     "onebit/kernels/csrc/ob_generic.c",
     "onebit/kernels/csrc/ob_avx2.c",
     "onebit/kernels/csrc/ob_avx512.c",
+    "onebit/kernels/csrc/ob_int8.c",
+    "onebit/kernels/csrc/ob_conv.c",
 ]
 # -ffp-contract=off keeps float results identical across ISA paths (tests compare them)
 COMPILE = ["-O3", "-pthread", "-ffp-contract=off"]

@@ -48,6 +48,12 @@ FLAGS = (
     "avx512_bitalg",
     "avx512_vnni",
     "avx512vbmi",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
 )
 
 
@@ -189,29 +195,44 @@ def bench_float_gemm(rounds: int, thread_counts: list[int]) -> list[dict[str, ob
     w = K.pack_bits(wf)
     tw = torch.from_numpy(wf)
     rows = []
-    for m in (1, 16, 64):
+    wp, ws = K.vnni_panels(w, k)
+    twb = tw.bfloat16()
+    bf16 = machine_has_bf16()
+    for m in (1, 16, 64, 256):
         x = g.standard_normal((m, k), np.float32)
         tx = torch.from_numpy(x)
+        txb = tx.bfloat16()
         for th in thread_counts:
+            theirs_fns = {
+                "torch_linear": lambda tx=tx: F.linear(tx, tw),
+                "onebit_int8": lambda x=x, th=th: K.binary_u8_gemm(x, wp, ws, n, threads=th),
+            }
+            if bf16:
+                theirs_fns["torch_bf16"] = lambda txb=txb: F.linear(txb, twb)
             ours, theirs = compare(
-                lambda x=x, th=th: K.binary_float_gemm(x, w, threads=th),
-                {"torch_linear": lambda tx=tx: F.linear(tx, tw)},
-                th,
-                rounds,
+                lambda x=x, th=th: K.binary_float_gemm(x, w, threads=th), theirs_fns, th, rounds
             )
-            rows.append(
-                {
-                    "M": m,
-                    "N": n,
-                    "K": k,
-                    "threads": th,
-                    "ours_us": us(ours),
-                    "torch_fp32_us": us(theirs["torch_linear"]),
-                    "gmacs_per_s": round(m * n * k / ours / 1e9, 1),
-                    "speedup_vs_torch": round(theirs["torch_linear"] / ours, 1),
-                }
-            )
+            row = {
+                "M": m,
+                "N": n,
+                "K": k,
+                "threads": th,
+                "ours_us": us(ours),
+                "int8_us": us(theirs["onebit_int8"]),
+                "torch_fp32_us": us(theirs["torch_linear"]),
+                "gmacs_per_s": round(m * n * k / ours / 1e9, 1),
+                "speedup_vs_torch": round(theirs["torch_linear"] / ours, 1),
+            }
+            if bf16:
+                row["torch_bf16_us"] = us(theirs["torch_bf16"])
+            rows.append(row)
     return rows
+
+
+def machine_has_bf16() -> bool:
+    from onebit.experiments.bench import has_fast_bf16
+
+    return has_fast_bf16()
 
 
 def bench_conv(rounds: int) -> dict[str, object]:

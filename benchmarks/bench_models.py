@@ -1,10 +1,15 @@
-"""Whole packed models against the same architecture in torch fp32, and their sizes.
+"""Whole packed models against the same architecture in torch fp32 and bf16 and in onnxruntime
+fp32 and int8 (dynamic quantization of the same graph), and their sizes.
 
 Speed does not depend on the weights' values, so the models are freshly initialized (with
 trained-like BatchNorm statistics); that packed models compute what the torch models compute is
 the job of tests/test_pack.py. Each figure is a ratio measured in the same run.
 
     python benchmarks/bench_models.py [--out records/.../models.json] [--repeats 20]
+        [--batches 1 16 64] [--threads 1 2] [--cases mlp resnet20 ...]
+
+The int8 rows (binary-weight models) run the opt-in 8-bit activations; their agreement with the
+exact path on the timed batch is stored beside them (``int8_agreement``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import torch
 from torch import nn
 
 import onebit
-from onebit.experiments.bench import bench
+from onebit import kernels
+from onebit.experiments.bench import bench, cpu_flags
 from onebit.experiments.runs import environment
 from onebit.methods import BNN, BinaryConnect, XNORNet
 from onebit.pack import pack
@@ -40,6 +46,7 @@ CASES = [
     ("XNOR ResNet-18 (CIFAR)", "resnet18", (3, 32, 32), {}, XNORNet()),
     ("BNN ResNet-20 (CIFAR)", "resnet20", (3, 32, 32), {}, BNN()),
     ("BinaryConnect ResNet-20 (CIFAR)", "resnet20", (3, 32, 32), {}, BinaryConnect()),
+    ("BinaryConnect MobileNet-small (CIFAR)", "mobilenet_small", (3, 32, 32), {}, BinaryConnect()),
 ]
 
 
@@ -76,10 +83,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--cases", nargs="+", help="substrings of the case titles to run")
     ap.add_argument("--out")
     args = ap.parse_args()
     results = []
     for title, name, shape, opts, method in CASES:
+        if args.cases and not any(c.lower() in title.lower() for c in args.cases):
+            continue
         torch.manual_seed(0)
         model = onebit.models.build(name, shape, 10, act=method.hidden_activation(), **opts)
         onebit.binarize_(model, method)
@@ -91,17 +102,36 @@ def main() -> None:
             "num_classes": 10,
         }
         packed = pack(model, shape, source=source)
-        res = bench(packed, args.threads, (1, 64), args.repeats)
+        res = bench(packed, args.threads, args.batches, args.repeats)
         entry = {"case": title, "method": method.name, **sizes(model, packed), **res}
         results.append(entry)
         for r in res["results"]:
+            vs = "  ".join(f"{k} {v:.2f}x" for k, v in r["vs"].items())
+            i8 = ""
+            if "packed_int8_ms" in r:
+                vi = "  ".join(f"{k} {v:.2f}x" for k, v in r["vs_int8"].items())
+                i8 = f" | int8 {r['packed_int8_ms']:.3f} ms: {vi}"
             print(
-                f"{title:34s} threads {r['threads']} batch {r['batch']:3d}: packed "
-                f"{r['packed_ms']:8.3f} ms  torch fp32 {r['torch_fp32_ms']:8.3f} ms  "
-                f"speed-up {r['speedup']:5.1f}x",
+                f"{title:38s} t{r['threads']} b{r['batch']:3d}: packed {r['packed_ms']:8.3f} ms: "
+                f"{vs}{i8}",
                 flush=True,
             )
-    doc = {"benchmark": "packed models vs torch fp32", "results": results, "env": environment()}
+    env = environment() | {
+        "cpu_flags": cpu_flags(),
+        "kernels_isa": kernels.get_isa(),
+        "kernels_isas": kernels.available_isas(),
+    }
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        env["onnxruntime"] = None
+    doc = {
+        "benchmark": "packed models vs torch fp32/bf16 and onnxruntime fp32/int8",
+        "results": results,
+        "env": env,
+    }
     if args.out:
         with open(args.out, "w") as f:
             json.dump(doc, f, indent=2)

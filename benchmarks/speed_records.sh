@@ -9,7 +9,10 @@ py=.venv/bin/python
 mkdir -p "$out"
 $py benchmarks/bench_train_step.py --threads 2 --steps 60 --rounds 6 --out "$out/train_step.json"
 $py benchmarks/bench_kernels.py --rounds 9 --threads 1,2 --out "$out/kernels.json" > /dev/null
-$py benchmarks/bench_models.py --repeats 20 --out "$out/models.json"
+# the XNOR GEMM on panels laid out at load against its limit kernel, M = 1..256, 1 and 2 threads
+$py benchmarks/bench_xnor_limit.py --blocks 30 --out "$out/xnor_limit.json"
+# each packed model against torch fp32 / bf16 and onnxruntime fp32 / int8, batch 1, 16, 64
+$py benchmarks/bench_models.py --repeats 20 --batches 1 16 64 --threads 1 2 --out "$out/models.json"
 bash benchmarks/lce/setup.sh > /dev/null
 $py benchmarks/lce/compare_conv.py --out "$out/lce_conv.json" > /dev/null
 # seconds per epoch of the Fashion-MNIST MLP recipe, onebit beside Larq, when the data is found

@@ -39,6 +39,83 @@ def train_step_lines(step: dict) -> list[str]:
     return lines
 
 
+NAMES = {
+    "torch_fp32": "torch fp32",
+    "torch_bf16": "torch bf16",
+    "ort_fp32": "ORT fp32",
+    "ort_int8": "ORT int8",
+}
+
+
+def model_lines(m: dict) -> list[str]:
+    """Per packed model, batch and threads: its time and baseline / packed for each baseline."""
+    if not any("vs" in r for case in m["results"] for r in case["results"]):  # older records
+        lines = [
+            "| packed model | batch | threads | packed | torch fp32 | speed-up |",
+            "|---|---|---|---|---|---|",
+        ]
+        for case in m["results"]:
+            for r in case["results"]:
+                lines.append(
+                    f"| {case['case']} | {r['batch']} | {r['threads']} | {r['packed_ms']:.3f} ms | "
+                    f"{r['torch_fp32_ms']:.3f} ms | {r['speedup']:.1f}x |"
+                )
+        return lines
+    base = [b for b in NAMES if any(b in r["vs"] for c in m["results"] for r in c["results"])]
+    lines = [
+        "Packed models against what a user would deploy instead, each ratio = baseline time / "
+        "packed time in the same run (> 1: onebit is faster). *exact*: float activations (the "
+        "default); *int8*: the opt-in 8-bit activations (binary-weight models only), with their "
+        "agreement with the exact path on the timed batch. ORT = onnxruntime on the same graph "
+        "(int8: `quantize_dynamic`).",
+        "",
+        "| packed model | batch | threads | path | packed | "
+        + " | ".join(f"vs {NAMES[b]}" for b in base)
+        + " | int8 agreement (argmax, max abs diff / max abs logit) |",
+        "|---|---|---|---|---|" + "---|" * len(base) + "---|",
+    ]
+    for case in m["results"]:
+        for r in case["results"]:
+            cells = " | ".join(f"{r['vs'][b]:.2f}x" if b in r["vs"] else "-" for b in base)
+            lines.append(
+                f"| {case['case']} | {r['batch']} | {r['threads']} | exact | "
+                f"{r['packed_ms']:.3f} ms | {cells} | |"
+            )
+            if "packed_int8_ms" in r:
+                cells = " | ".join(
+                    f"{r['vs_int8'][b]:.2f}x" if b in r["vs_int8"] else "-" for b in base
+                )
+                ag = r["int8_agreement"]
+                lines.append(
+                    f"| | | | int8 | {r['packed_int8_ms']:.3f} ms | {cells} | "
+                    f"{ag['argmax']:.3f}, {ag['max_abs_diff_rel']:.2g} |"
+                )
+    return lines
+
+
+def limit_lines(x: dict) -> list[str]:
+    t = x["targets"]
+    lines = [
+        "XNOR GEMM with its weights laid out once, at load, against its limit kernel "
+        "(`benchmarks/limit/xnor_limit.c`: the micro-kernel alone), both timed in C in the same "
+        f"run: at most {t['within_10pct_of_limit']['value']:.2f}x the limit over every shape; "
+        f"2 threads at least {t['2t_ge_1.8x_for_M_ge_16']['value']:.2f}x one thread for M >= 16 "
+        f"and {t['2t_ge_1.5x_at_M1_K_N_ge_2048']['value']:.2f}x at M = 1 (K, N >= 2048).",
+        "",
+        "| M | K = N | 1 thread | / limit | 2 threads | / limit | 2-thread speed-up | "
+        "per-call re-layout (before) / now |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in x["results"]:
+        u = r["us"]
+        lines.append(
+            f"| {r['M']} | {r['K']} | {u['library_1t']:.1f} µs | {r['library_over_limit_1t']:.2f} | "
+            f"{u['library_2t']:.1f} µs | {r['library_over_limit_2t']:.2f} | "
+            f"{r['library_2t_speedup']:.2f}x | {r['relayout_over_library_1t']:.2f}x |"
+        )
+    return lines
+
+
 def main() -> None:
     folder = Path(sys.argv[1])
     k = load(folder, "kernels.json")
@@ -46,9 +123,14 @@ def main() -> None:
     lce = load(folder, "lce_conv.json")
     step = load(folder, "train_step.json")
     out = [f"# Speed and size ({folder.name})", ""]
+    ort = m["env"].get("onnxruntime")
+    flags = k["machine"].get("cpu_flags", [])
     out += [
         f"Machine: {k['machine'].get('cpu_model', '?')}, kernels `{k['isa']}`; commit "
-        f"{m['env']['commit']}, torch {m['env']['torch']}. Every ratio is measured in one run.",
+        f"{m['env']['commit']}, torch {m['env']['torch']}"
+        + (f", onnxruntime {ort}" if ort else "")
+        + ". Every ratio is measured in one run."
+        + (f" CPU flags that matter: {' '.join(flags)}." if flags else ""),
         "",
         "| kernel (one thread unless said) | onebit | baseline | ratio |",
         "|---|---|---|---|",
@@ -75,6 +157,18 @@ def main() -> None:
                 f"| binary weights x float, M={r['M']} K={r['K']} N={r['N']} | {r['ours_us']:.0f} µs | "
                 f"torch fp32 F.linear {r['torch_fp32_us']:.0f} µs | {r['speedup_vs_torch']}x |"
             )
+            if "int8_us" in r:
+                bf = (
+                    f"; torch bf16 {r['torch_bf16_us']:.0f} µs "
+                    f"({r['torch_bf16_us'] / r['int8_us']:.1f}x)"
+                    if "torch_bf16_us" in r
+                    else ""
+                )
+                out.append(
+                    f"| same, 8-bit activations (opt-in), M={r['M']} | {r['int8_us']:.0f} µs | "
+                    f"torch fp32 {r['torch_fp32_us']:.0f} µs{bf} | "
+                    f"{r['torch_fp32_us'] / r['int8_us']:.1f}x |"
+                )
     c = k["binary_conv2d"]
     out.append(
         f"| binary conv 3x3, 256 ch, 14x14, batch 1 | {c['ours_us']:.0f} µs | torch fp32 conv2d "
@@ -93,15 +187,10 @@ def main() -> None:
         "to torch compares Python calls of both (`onebit.kernels.xnor_gemm` against `F.linear`), "
         "and the Python call's own 2-thread ratio is shown beside the kernel's.",
         "",
-        "| packed model | batch | threads | packed | torch fp32 | speed-up |",
-        "|---|---|---|---|---|---|",
     ]
-    for case in m["results"]:
-        for r in case["results"]:
-            out.append(
-                f"| {case['case']} | {r['batch']} | {r['threads']} | {r['packed_ms']:.3f} ms | "
-                f"{r['torch_fp32_ms']:.3f} ms | {r['speedup']:.1f}x |"
-            )
+    out += model_lines(m)
+    if (folder / "xnor_limit.json").is_file():
+        out += ["", *limit_lines(load(folder, "xnor_limit.json"))]
     out += [
         "",
         "| model | binary layers, float | binary layers, packed | ratio | whole model, float | whole model, packed |",

@@ -1,19 +1,32 @@
-"""Time a packed model against its float twin in PyTorch float32, in one run.
+"""Time a packed model against what a user would deploy instead, in one run.
 
-The twin (:func:`float_twin`) is rebuilt from the packed graph itself, op by op, so it is the
-packed model's exact architecture and computes its outputs (up to float rounding), whatever
-zoo, config or hand-written module the model came from.
+The baselines run the packed model's float twin (:func:`float_twin`), rebuilt from the packed graph
+itself, op by op, so it is the packed model's exact architecture and computes its outputs (up to
+float rounding), whatever zoo, config or hand-written module the model came from:
 
-Latency at batch 1 and throughput at batch 64, at each thread count, with a per-op breakdown of the
-packed runtime. Figures are medians over repeats after warm-up; the ratio is what matters, since
-both sides are measured on the same machine in the same process, interleaved.
+- ``torch_fp32``: the twin in PyTorch float32 (channels_last for conv nets);
+- ``torch_bf16``: the same under ``torch.autocast("cpu", torch.bfloat16)``, only where the CPU has
+  AMX-BF16 or AVX512_BF16 (elsewhere bf16 is emulated and nobody would pick it);
+- ``ort_fp32`` / ``ort_int8``: the twin exported to ONNX, run by onnxruntime as it is and after
+  ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, activations quantized on the fly),
+  when onnxruntime is installed.
+
+The packed model runs with exact float activations (``packed``) and with the opt-in 8-bit
+activations (``packed_int8``, :func:`onebit.runtime.ops.set_activations`), whose agreement with
+the exact path on the same batch (argmax, max abs difference) is stored beside its times.
+
+Per thread count and batch size; figures are medians of single calls after warm-up, all variants
+interleaved round by round in the same process, so the ratios are what to read.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +38,7 @@ from onebit import kernels
 from onebit.errors import OnebitError
 from onebit.runtime import Op, PackedModel
 
-__all__ = ["FloatTwin", "bench", "float_twin"]
+__all__ = ["FloatTwin", "bench", "cpu_flags", "float_twin", "has_fast_bf16"]
 
 # runtime NHWC axis of each torch NCHW axis
 _NHWC_OF_NCHW = (0, 3, 1, 2)
@@ -238,6 +251,23 @@ def float_twin(packed: PackedModel) -> FloatTwin:
     return FloatTwin(packed).eval()
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return []
+
+
+def has_fast_bf16() -> bool:
+    """Whether the CPU multiplies bf16 in hardware (AMX-BF16 or AVX512_BF16)."""
+    flags = set(cpu_flags())
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
 def _median_time(fn: Callable[[], Any], repeats: int, min_seconds: float = 0.2) -> float:
     fn()  # warm-up
     times: list[float] = []
@@ -251,25 +281,93 @@ def _median_time(fn: Callable[[], Any], repeats: int, min_seconds: float = 0.2) 
     return statistics.median(times)
 
 
+def _onnx_models(twin: nn.Module, shape: tuple[int, ...], folder: str) -> tuple[str, str] | None:
+    """The twin as ONNX (float) and its dynamically quantized copy (int8), or None without
+    onnxruntime / onnx."""
+    try:
+        import onnxruntime  # noqa: F401
+        from onnxruntime.quantization import quantize_dynamic
+    except ImportError:
+        return None
+    import logging
+    import warnings
+
+    fp, q = os.path.join(folder, "model.onnx"), os.path.join(folder, "model_int8.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            twin,
+            (torch.zeros(2, *shape),),
+            fp,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+        level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process, per tensor
+        try:
+            quantize_dynamic(fp, q)
+        finally:
+            logging.getLogger().setLevel(level)
+    return fp, q
+
+
+def _ort_session(path: str, threads: int) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
 def bench(
     packed: PackedModel,
     threads: Sequence[int] = (1, 2),
-    batches: Sequence[int] = (1, 64),
+    batches: Sequence[int] = (1, 16, 64),
     repeats: int = 20,
+    baselines: Sequence[str] = ("torch_fp32", "torch_bf16", "ort_fp32", "ort_int8"),
+    int8: bool | None = None,
 ) -> dict[str, Any]:
-    """Seconds per batch of the packed model and of its float torch twin; ratios; per-op times."""
+    """Seconds per batch of the packed model (exact and int8 activations) and of each baseline
+    that this machine can run; ratios; int8 agreement; per-op times of the packed model.
+
+    ``speedup`` in each row is against torch fp32 (as before); ``vs`` holds ``baseline / packed``
+    for every baseline (> 1: the packed model is faster), ``vs_int8`` the same for the int8 path.
+    """
+    from onebit.runtime.ops import get_activations, set_activations
+
+    if int8 is None:  # the int8 path changes only binary-weight layers with float inputs
+        int8 = any(op.attrs.get("mode") == "binary_weights" for op in packed.ops)
     twin = float_twin(packed)
     shape = tuple(packed.input["shape"])
     conv = any(isinstance(m, torch.nn.Conv2d) for m in twin.modules())
+    wanted = list(baselines)
+    if "torch_bf16" in wanted and not has_fast_bf16():
+        wanted.remove("torch_bf16")
+    tmp = tempfile.TemporaryDirectory()
+    onnx = _onnx_models(twin, shape, tmp.name) if {"ort_fp32", "ort_int8"} & set(wanted) else None
+    if onnx is None:
+        wanted = [b for b in wanted if not b.startswith("ort")]
     if conv:
         twin = twin.to(memory_format=torch.channels_last)
     rng = np.random.default_rng(0)
     rows = []
     old_torch = torch.get_num_threads()
+    old_act = get_activations(packed)
     try:
         for t in threads:
             torch.set_num_threads(t)
             kernels.set_num_threads(t)
+            sessions = {}
+            if onnx is not None:
+                if "ort_fp32" in wanted:
+                    sessions["ort_fp32"] = _ort_session(onnx[0], t)
+                if "ort_int8" in wanted:
+                    sessions["ort_int8"] = _ort_session(onnx[1], t)
             for b in batches:
                 x = rng.standard_normal((b, *shape), dtype=np.float32)
                 xt = torch.from_numpy(x)
@@ -280,28 +378,67 @@ def bench(
                     with torch.inference_mode():
                         twin(xt)
 
+                def run_bf16(xt: torch.Tensor = xt) -> None:
+                    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                        twin(xt)
+
                 def run_packed(x: np.ndarray = x) -> None:
+                    set_activations(packed, "float")
                     packed(x)
 
-                # interleave the two measurements so drift on a shared machine hits both alike
-                tp, tt = [], []
+                def run_int8(x: np.ndarray = x) -> None:
+                    set_activations(packed, "int8")
+                    packed(x)
+
+                fns: dict[str, Callable[[], None]] = {"packed": run_packed}
+                if int8:
+                    fns["packed_int8"] = run_int8
+                if "torch_fp32" in wanted:
+                    fns["torch_fp32"] = run_torch
+                if "torch_bf16" in wanted:
+                    fns["torch_bf16"] = run_bf16
+                for name, sess in sessions.items():
+                    fns[name] = lambda sess=sess, x=x: sess.run(None, {"input": x})
+                # interleave the measurements so drift on a shared machine hits all alike
+                samples: dict[str, list[float]] = {k: [] for k in fns}
                 for _ in range(3):
-                    tp.append(_median_time(run_packed, max(3, repeats // 3)))
-                    tt.append(_median_time(run_torch, max(3, repeats // 3)))
-                sp, st = min(tp), min(tt)
-                rows.append(
-                    {
-                        "threads": t,
-                        "batch": b,
-                        "packed_ms": 1000 * sp,
-                        "torch_fp32_ms": 1000 * st,
-                        "speedup": st / sp,
-                        "packed_per_s": b / sp,
-                        "torch_per_s": b / st,
+                    for k, fn in fns.items():
+                        samples[k].append(_median_time(fn, max(3, repeats // 3)))
+                sec = {k: min(v) for k, v in samples.items()}
+                sp = sec["packed"]
+                row: dict[str, Any] = {
+                    "threads": t,
+                    "batch": b,
+                    "ms": {k: 1000 * v for k, v in sec.items()},
+                    "packed_ms": 1000 * sp,
+                    "packed_per_s": b / sp,
+                    "vs": {k: sec[k] / sp for k in sec if k not in ("packed", "packed_int8")},
+                }
+                if "torch_fp32" in sec:  # the fields of earlier records
+                    row |= {
+                        "torch_fp32_ms": 1000 * sec["torch_fp32"],
+                        "speedup": sec["torch_fp32"] / sp,
+                        "torch_per_s": b / sec["torch_fp32"],
                     }
-                )
+                if int8:
+                    si = sec["packed_int8"]
+                    row["packed_int8_ms"] = 1000 * si
+                    row["vs_int8"] = {k: sec[k] / si for k in row["vs"]}
+                    set_activations(packed, "float")
+                    exact = packed(x)
+                    set_activations(packed, "int8")
+                    approx = packed(x)
+                    scale = float(np.abs(exact).max()) or 1.0
+                    row["int8_agreement"] = {
+                        "argmax": float((exact.argmax(1) == approx.argmax(1)).mean()),
+                        "max_abs_diff": float(np.abs(exact - approx).max()),
+                        "max_abs_diff_rel": float(np.abs(exact - approx).max()) / scale,
+                    }
+                set_activations(packed, "float")
+                rows.append(row)
         torch.set_num_threads(threads[0])
         kernels.set_num_threads(threads[0])
+        set_activations(packed, "float")
         profile: dict[str, float] = {}
         x1 = rng.standard_normal((1, *shape), dtype=np.float32)
         n = 50
@@ -320,4 +457,12 @@ def bench(
     finally:
         torch.set_num_threads(old_torch)
         kernels.set_num_threads(0)
-    return {"isa": kernels.get_isa(), "results": rows, "layers_batch1": layers}
+        set_activations(packed, old_act)
+        tmp.cleanup()
+    return {
+        "isa": kernels.get_isa(),
+        "baselines": wanted,
+        "int8": int8,
+        "results": rows,
+        "layers_batch1": layers,
+    }

@@ -20,7 +20,14 @@ threads automatically.  The pool's idle workers busy-wait about 1 ms before they
 in a row hand work over in about 0.2 us (an OpenMP parallel region cost about 1 us here).
 
 Dispatch: the best path this CPU supports is used (:func:`get_isa`); :func:`set_isa` forces one
-of :func:`available_isas` (tests, benchmarks).
+of :func:`available_isas` (tests, benchmarks). The levels, each needing the one before:
+``generic`` (portable C), ``avx2``, ``avx512`` (F/BW/VL/DQ + VPOPCNTDQ), ``avx512_vnni`` (adds
+VPDPBUSD for the int8-activation ops), ``amx`` (adds AMX-TILE/INT8 tiles for them, with the
+kernel's permission). A level the CPU lacks is never offered; the next one below serves.
+
+Layouts made once at load (the packed runtime caches them): :func:`xnor_panels` (B of the XNOR
+GEMM in the AVX-512 kernel's k-major panels), :func:`vnni_panels` (weights of the int8 ops),
+:func:`direct_conv_weight` (float rows of the direct conv).
 """
 
 from __future__ import annotations
@@ -41,8 +48,13 @@ __all__ = [
     "available_isas",
     "binary_conv2d",
     "binary_float_gemm",
+    "binary_u8_conv2d",
+    "binary_u8_gemm",
     "clamp_",
     "conv_output_size",
+    "depthwise_conv2d",
+    "direct_conv2d",
+    "direct_conv_weight",
     "get_isa",
     "get_num_threads",
     "im2col",
@@ -52,6 +64,7 @@ __all__ = [
     "num_words",
     "pack_bits",
     "pack_conv_weight",
+    "quantize_u8",
     "reference",
     "scale_bias",
     "set_isa",
@@ -59,7 +72,10 @@ __all__ = [
     "sign",
     "threshold_sign",
     "unpack_bits",
+    "vnni_panels",
     "xnor_gemm",
+    "xnor_gemm_panels",
+    "xnor_panels",
 ]
 
 log = logging.getLogger(__name__)
@@ -578,4 +594,268 @@ def matmul(
     abase, rsa, csa = _operand(aa)
     bbase, rsb, csb = _operand(ba)
     _native.sgemm(abase, bbase, out, m, n, k, rsa, csa, rsb, csb, n, accumulate, t)
+    return out
+
+
+# ------------------------------------------------------- layouts made once, at load time
+
+
+def xnor_panels(b_bits: npt.ArrayLike, k: int) -> npt.NDArray[np.uint64]:
+    """``b_bits`` uint64 ``(N, ceil(K / 64))`` -> the XNOR GEMM's B panels ``(ceil(N / 32),
+    ceil(K / 64), 32)`` (k-major, what the AVX-512 kernel otherwise builds on every call), for
+    :func:`xnor_gemm_panels`. Padding bits are cleared."""
+    b = _array(b_bits, np.uint64, 2, "b_bits")
+    k = int(k)
+    _check_words(b, k, "b_bits")
+    n = b.shape[0]
+    if _native is None:
+        return reference.pack_xnor_panels(b, k)
+    out = np.empty(((n + 31) // 32, num_words(k), 32), dtype=np.uint64)
+    _native.xnor_pack_panels(b, out, n, k)
+    return out
+
+
+def xnor_gemm_panels(
+    a_bits: npt.ArrayLike,
+    panels: npt.NDArray[np.uint64],
+    k: int,
+    n: int,
+    *,
+    threads: int | None = None,
+) -> npt.NDArray[np.int32]:
+    """:func:`xnor_gemm` with B given as :func:`xnor_panels` of its ``n`` rows (no per-call
+    re-layout). Same results, on every ISA."""
+    a = _array(a_bits, np.uint64, 2, "a_bits")
+    t = _threads(threads)
+    k, n = int(k), int(n)
+    _check_words(a, k, "a_bits")
+    if not (
+        type(panels) is np.ndarray
+        and panels.dtype == np.uint64
+        and panels.flags.c_contiguous
+        and panels.shape == ((n + 31) // 32, num_words(k), 32)
+    ):
+        raise KernelInputError(f"panels must be xnor_panels() of {n} rows with K={k}.")
+    if _native is None:
+        _fallback()
+        b = panels.transpose(0, 2, 1).reshape(-1, num_words(k))[:n]
+        return reference.xnor_gemm(a, b, k)
+    out = np.empty((a.shape[0], n), dtype=np.int32)
+    _native.xnor_gemm_panels(a, panels, out, a.shape[0], n, k, t)
+    return out
+
+
+def vnni_panels(
+    w_bits: npt.ArrayLike, k: int
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32]]:
+    """Weights of the int8-activation ops: ``(wp, wsum)`` of
+    :func:`onebit.kernels.reference.pack_vnni_panels` (1 bit per weight)."""
+    w = _array(w_bits, np.uint64, 2, "w_bits")
+    _check_words(w, int(k), "w_bits")
+    return reference.pack_vnni_panels(w, int(k))
+
+
+def direct_conv_weight(w_rows: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """Float weight rows ``(N, kh * kw * C)`` (im2col order) -> the direct conv's layout
+    ``(kh * kw * C, ceil(N / 16) * 16)``, zero past ``N``."""
+    w = np.asarray(w_rows, dtype=np.float32)
+    if w.ndim != 2:
+        raise KernelInputError(f"w_rows must be 2-D, got shape {w.shape}.")
+    n, kk = w.shape
+    out = np.zeros((kk, (n + 15) // 16 * 16), dtype=np.float32)
+    out[:, :n] = w.T
+    return out
+
+
+def _conv_geom(x: np.ndarray, kernel_size, stride, padding) -> tuple:
+    (kh, kw), (sh, sw), (ph, pw) = (
+        _pair(kernel_size, "kernel_size"),
+        _pair(stride, "stride"),
+        _pair(padding, "padding"),
+    )
+    n, h, w, c = x.shape
+    if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0 or c < 1:
+        raise KernelInputError("kernel size and stride must be >= 1, padding >= 0, C >= 1.")
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        raise KernelInputError(f"a {kh}x{kw} kernel does not fit a padded {h}x{w} image.")
+    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    return n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo
+
+
+def direct_conv2d(
+    x: npt.ArrayLike,
+    w: npt.NDArray[np.float32],
+    n_out: int,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    alpha: npt.ArrayLike | None = None,
+    bias: npt.ArrayLike | None = None,
+    *,
+    threads: int | None = None,
+) -> npt.NDArray[np.float32]:
+    """Float32 direct convolution (no im2col) of NHWC ``x``: ``y = alpha * conv(x, w) + bias``.
+
+    ``w`` is :func:`direct_conv_weight` of the ``n_out`` weight rows. For binary-weight layers the
+    rows are ±1 and ``alpha`` their scale: every product is exact and the sums are float32 sums
+    (in the order kh, kw, c), so results agree with the reference to float rounding.
+    """
+    xa = _array(x, np.float32, 4, "x")
+    n, h, wd, c, kh, kw, sh, sw, ph, pw, ho, wo = _conv_geom(xa, kernel_size, stride, padding)
+    n_out = int(n_out)
+    wa = _array(w, np.float32, 2, "w")
+    if wa.shape[0] != kh * kw * c or wa.shape[1] % 16 or wa.shape[1] < n_out:
+        raise KernelInputError(
+            f"w must be direct_conv_weight() of {n_out} rows of {kh * kw * c}, got {wa.shape}."
+        )
+    al = None if alpha is None else _vector(alpha, n_out, "alpha")
+    bi = None if bias is None else _vector(bias, n_out, "bias")
+    t = _threads(threads)
+    if _native is None:
+        _fallback()
+        return reference.direct_conv2d(xa, wa[:, :n_out].T, (kh, kw), (sh, sw), (ph, pw), al, bi)
+    out = np.empty((n, ho, wo, n_out), dtype=np.float32)
+    _native.direct_conv2d(
+        xa, wa, wa.shape[1], al, bi, out, n, h, wd, c, n_out, kh, kw, sh, sw, ph, pw, t
+    )
+    return out
+
+
+def depthwise_conv2d(
+    x: npt.ArrayLike,
+    w: npt.ArrayLike,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    alpha: npt.ArrayLike | None = None,
+    bias: npt.ArrayLike | None = None,
+    *,
+    threads: int | None = None,
+) -> npt.NDArray[np.float32]:
+    """Depthwise conv of NHWC float32 ``x`` with ``w (kh, kw, C)``, ``* alpha + bias`` per channel;
+    the same bits as :func:`onebit.kernels.reference.depthwise_conv2d` on every path."""
+    xa = _array(x, np.float32, 4, "x")
+    wa = _array(w, np.float32, 3, "w")
+    n, h, wd, c, kh, kw, sh, sw, ph, pw, ho, wo = _conv_geom(xa, wa.shape[:2], stride, padding)
+    if wa.shape[2] != c:
+        raise KernelInputError(f"w has {wa.shape[2]} channels, x has {c}.")
+    al = None if alpha is None else _vector(alpha, c, "alpha")
+    bi = None if bias is None else _vector(bias, c, "bias")
+    t = _threads(threads)
+    if _native is None:
+        _fallback()
+        return reference.depthwise_conv2d(xa, wa, (sh, sw), (ph, pw), al, bi)
+    out = np.empty((n, ho, wo, c), dtype=np.float32)
+    _native.depthwise_conv2d(xa, wa, al, bi, out, n, h, wd, c, kh, kw, sh, sw, ph, pw, t)
+    return out
+
+
+# --------------------------------------------------------------- int8 activations (opt-in)
+
+
+def quantize_u8(
+    x: npt.ArrayLike, *, threads: int | None = None
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.int32]]:
+    """Per row of float32 ``(G, L)``: ``(q, scale, zero)`` as
+    :func:`onebit.kernels.reference.quantize_u8` (the int8 ops quantize this way)."""
+    xa = _array(x, np.float32, 2, "x")
+    t = _threads(threads)
+    if _native is None:
+        _fallback()
+        return reference.quantize_u8(xa)
+    g, length = xa.shape
+    q = np.empty((g, length), dtype=np.uint8)
+    sc = np.empty(g, dtype=np.float32)
+    zp = np.empty(g, dtype=np.int32)
+    _native.quantize_u8(xa, q, sc, zp, g, length, t)
+    return q, sc, zp
+
+
+def _check_vnni(wp: object, wsum: object, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    wpa = _array(wp, np.uint64, 2, "wp")
+    wsa = _array(wsum, np.int32, 1, "wsum")
+    if wpa.shape != ((n + 15) // 16, (k + 63) // 64 * 16) or wsa.shape != (n,):
+        raise KernelInputError(f"wp, wsum must be vnni_panels() of {n} rows with K={k}.")
+    return wpa, wsa
+
+
+def binary_u8_gemm(
+    x: npt.ArrayLike,
+    wp: npt.NDArray[np.uint64],
+    wsum: npt.NDArray[np.int32],
+    n_out: int,
+    alpha: npt.ArrayLike | None = None,
+    bias: npt.ArrayLike | None = None,
+    *,
+    threads: int | None = None,
+) -> npt.NDArray[np.float32]:
+    """:func:`binary_float_gemm` with 8-bit activations: each row of ``x`` is quantized to uint8
+    (:func:`quantize_u8`), multiplied by the ±1 weights exactly in int32 (AMX tiles or VNNI where
+    the CPU has them), then scaled: the same bits as
+    :func:`onebit.kernels.reference.binary_u8_gemm` on every path. ``wp, wsum`` =
+    :func:`vnni_panels`. Not exact against the float product: quantization error."""
+    xa = _array(x, np.float32, 2, "x")
+    m, k = xa.shape
+    n_out = int(n_out)
+    wpa, wsa = _check_vnni(wp, wsum, n_out, k)
+    al = None if alpha is None else _vector(alpha, n_out, "alpha")
+    bi = None if bias is None else _vector(bias, n_out, "bias")
+    t = _threads(threads)
+    if _native is None:
+        _fallback()
+        q, sc, zp = reference.quantize_u8(xa)
+        return _u8_from_panels(q, sc, zp, wpa, wsa, n_out, k, al, bi)
+    out = np.empty((m, n_out), dtype=np.float32)
+    _native.binary_u8_gemm(xa, wpa, wsa, al, bi, out, m, n_out, k, t)
+    return out
+
+
+def _unpack_vnni(wp: np.ndarray, n: int, k: int) -> np.ndarray:
+    """±1 int64 ``(n, k)`` from :func:`vnni_panels`' words (the numpy fallback)."""
+    nb, kq = wp.shape
+    raw = np.ascontiguousarray(wp.astype("<u8")).view(np.uint8).reshape(nb, kq, 8)
+    bits = np.unpackbits(raw, axis=2, bitorder="little")  # (nb, kq, 64): bit 4 j + i
+    s = bits.reshape(nb, kq, 16, 4).transpose(0, 2, 1, 3).reshape(nb * 16, kq * 4)
+    return s[:n, :k].astype(np.int64) * 2 - 1
+
+
+def _u8_from_panels(q, sc, zp, wp, wsum, n, k, al, bi):
+    s = _unpack_vnni(wp, n, k)
+    acc = q.astype(np.int64) @ s.T
+    return reference._u8_epilogue(acc, zp, sc, wsum, al, bi)
+
+
+def binary_u8_conv2d(
+    x: npt.ArrayLike,
+    wp: npt.NDArray[np.uint64],
+    wsum: npt.NDArray[np.int32],
+    n_out: int,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    alpha: npt.ArrayLike | None = None,
+    bias: npt.ArrayLike | None = None,
+    *,
+    threads: int | None = None,
+) -> npt.NDArray[np.float32]:
+    """Binary-weight conv of NHWC float32 ``x`` with 8-bit activations: each sample quantized to
+    uint8 (:func:`quantize_u8` over its ``H * W * C`` values), padded with its zero point, uint8
+    im2col, the int8 GEMM of :func:`binary_u8_gemm`. ``wp, wsum`` = :func:`vnni_panels` of the
+    weight rows in im2col order ``(kh, kw, C)``. The same bits as
+    :func:`onebit.kernels.reference.binary_u8_conv2d` on every path."""
+    xa = _array(x, np.float32, 4, "x")
+    n, h, wd, c, kh, kw, sh, sw, ph, pw, ho, wo = _conv_geom(xa, kernel_size, stride, padding)
+    n_out = int(n_out)
+    wpa, wsa = _check_vnni(wp, wsum, n_out, kh * kw * c)
+    al = None if alpha is None else _vector(alpha, n_out, "alpha")
+    bi = None if bias is None else _vector(bias, n_out, "bias")
+    t = _threads(threads)
+    if _native is None:
+        _fallback()
+        s = _unpack_vnni(wpa, n_out, kh * kw * c)
+        bits = reference.pack_bits(s.astype(np.float32))
+        return reference.binary_u8_conv2d(xa, bits, (kh, kw), (sh, sw), (ph, pw), al, bi)
+    out = np.empty((n, ho, wo, n_out), dtype=np.float32)
+    _native.binary_u8_conv2d(
+        xa, wpa, wsa, al, bi, out, n, h, wd, c, n_out, kh, kw, sh, sw, ph, pw, t
+    )
     return out

@@ -210,3 +210,186 @@ def sign(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """``+1 where x >= 0 else -1`` as float32: both zeros give +1, NaN gives -1 (as
     :func:`pack_bits` reads them)."""
     return np.where(x >= 0, np.float32(1), np.float32(-1))
+
+
+# ------------------------------------------------------------------ layouts made at load time
+
+
+def pack_xnor_panels(b_bits: npt.NDArray[np.uint64], k: int) -> npt.NDArray[np.uint64]:
+    """Rows ``(N, Kw)`` of packed bits -> panels ``(ceil(N / 32), Kw, 32)``: ``out[p, w, j]`` is
+    word ``w`` of row ``32 p + j`` (zero past ``N``), padding bits past ``k`` cleared."""
+    b = _masked(b_bits, k)
+    n, kw = b.shape
+    p = (n + 31) // 32
+    full = np.zeros((p * 32, kw), dtype=np.uint64)
+    full[:n] = b
+    return np.ascontiguousarray(full.reshape(p, 32, kw).transpose(0, 2, 1))
+
+
+def pack_vnni_panels(
+    w_bits: npt.NDArray[np.uint64], k: int
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32]]:
+    """Weight rows ``(N, Kw)`` -> the int8 kernels' layout and the column sums of the ±1 weights.
+
+    Word ``wp[b, r]`` holds, in bit ``4 j + i``, the sign bit of column ``16 b + j`` at input
+    ``4 r + i`` (zero past ``N`` and ``k``); ``wp`` is ``(ceil(N / 16), ceil(k / 64) * 16)``.
+    ``wsum[n] = sum_k s(n, k)`` with ``s = ±1``.
+    """
+    n = w_bits.shape[0]
+    s = unpack_bits(w_bits, k) > 0
+    nb, kp = (n + 15) // 16, (k + 63) // 64 * 64
+    full = np.zeros((nb * 16, kp), dtype=bool)
+    full[:n, :k] = s
+    arr = full.reshape(nb, 16, kp // 4, 4).transpose(0, 2, 1, 3).reshape(nb, kp // 4, 64)
+    packed = np.packbits(arr, axis=2, bitorder="little")
+    wp = np.ascontiguousarray(packed).view("<u8").astype(np.uint64).reshape(nb, kp // 4)
+    wsum = (2 * s.sum(axis=1, dtype=np.int64) - k).astype(np.int32)
+    return wp, wsum
+
+
+# ------------------------------------------------------------------ int8 activations
+
+
+def quantize_u8(
+    x: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.int32]]:
+    """Per row of a 2-D float32 array: uint8 ``q``, ``scale`` and ``zero`` with
+    ``x ≈ scale * (q - zero)``.
+
+    ``[lo, hi] = [min(x, 0), max(x, 0)]``, ``inv = 255 / (hi - lo)``, ``scale = (hi - lo) / 255``,
+    ``zero = rint(-lo * inv)``, ``q = clip(rint(x * inv) + zero, 0, 255)`` (all in float32,
+    round half to even); a row of zeros gets ``scale = 0``, ``zero = 0``.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    lo = np.minimum(np.min(x, axis=1, initial=0.0), 0).astype(np.float32)
+    hi = np.maximum(np.max(x, axis=1, initial=0.0), 0).astype(np.float32)
+    rng = (hi - lo).astype(np.float32)
+    ok = rng > 0
+    safe = np.where(ok, rng, np.float32(1))
+    inv = np.where(ok, np.float32(255) / safe, np.float32(0)).astype(np.float32)
+    scale = np.where(ok, safe / np.float32(255), np.float32(0)).astype(np.float32)
+    zero = np.clip(np.rint((-lo * inv).astype(np.float32)), 0, 255).astype(np.int32)
+    t = np.rint((x * inv[:, None]).astype(np.float32)).astype(np.int64) + zero[:, None]
+    return np.clip(t, 0, 255).astype(np.uint8), scale, zero
+
+
+def _u8_epilogue(
+    acc: npt.NDArray[np.int64],
+    zero: npt.NDArray[np.int32],
+    scale: npt.NDArray[np.float32],
+    wsum: npt.NDArray[np.int32],
+    alpha: npt.NDArray[np.float32] | None,
+    bias: npt.NDArray[np.float32] | None,
+) -> npt.NDArray[np.float32]:
+    d = (acc - zero.astype(np.int64)[:, None] * wsum.astype(np.int64)[None, :]).astype(np.float32)
+    y = (d * scale[:, None]).astype(np.float32)
+    if alpha is not None:
+        y = (y * np.asarray(alpha, dtype=np.float32)).astype(np.float32)
+    if bias is not None:
+        y = (y + np.asarray(bias, dtype=np.float32)).astype(np.float32)
+    return y
+
+
+def binary_u8_gemm(
+    x: npt.NDArray[np.float32],
+    w_bits: npt.NDArray[np.uint64],
+    k: int,
+    alpha: npt.NDArray[np.float32] | None = None,
+    bias: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]:
+    """:func:`binary_float_gemm` with each row of ``x`` quantized to uint8 (:func:`quantize_u8`):
+    ``y = ((float32(acc - zero * wsum) * scale) * alpha) + bias``, ``acc = q @ s.T`` exact."""
+    q, scale, zero = quantize_u8(x)
+    s = unpack_bits(w_bits, k).astype(np.int64)
+    acc = q.astype(np.int64) @ s.T
+    return _u8_epilogue(acc, zero, scale, s.sum(axis=1).astype(np.int32), alpha, bias)
+
+
+def binary_u8_conv2d(
+    x: npt.NDArray[np.float32],
+    w_bits: npt.NDArray[np.uint64],
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    alpha: npt.NDArray[np.float32] | None = None,
+    bias: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]:
+    """Binary-weight conv of NHWC float ``x`` with each sample quantized to uint8 as one row
+    (:func:`quantize_u8`), padded with its zero point (the value 0). ``w_bits`` holds rows of
+    ``kh * kw * C`` bits in im2col order; returns float32 NHWC."""
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    q, scale, zero = quantize_u8(x.reshape(n, -1))
+    qi = q.reshape(n, h, w, c).astype(np.int64)
+    qp = np.broadcast_to(
+        zero.astype(np.int64)[:, None, None, None], (n, h + 2 * ph, w + 2 * pw, c)
+    ).copy()
+    qp[:, ph : ph + h, pw : pw + w] = qi
+    cols = im2col(qp.astype(np.float64), (kh, kw), (sh, sw), (0, 0)).astype(np.int64)
+    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    s = unpack_bits(w_bits, kh * kw * c).astype(np.int64)
+    acc = cols @ s.T
+    rows = np.repeat(np.arange(n), ho * wo)
+    y = _u8_epilogue(acc, zero[rows], scale[rows], s.sum(axis=1).astype(np.int32), alpha, bias)
+    return y.reshape(n, ho, wo, -1)
+
+
+# ------------------------------------------------------------------ direct float convs
+
+
+def direct_conv2d(
+    x: npt.NDArray[np.float32],
+    w_rows: npt.NDArray[np.float32],
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    alpha: npt.NDArray[np.float32] | None = None,
+    bias: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]:
+    """Dense conv of NHWC float ``x`` with weight rows ``(N, kh * kw * C)`` in im2col order,
+    ``y = alpha * conv + bias``, accumulated in float64 (the kernels agree to float rounding)."""
+    n, h, w, _ = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    cols = im2col(np.asarray(x, dtype=np.float32), (kh, kw), (sh, sw), (ph, pw))
+    y = cols.astype(np.float64) @ np.asarray(w_rows, dtype=np.float64).T
+    if alpha is not None:
+        y = y * np.asarray(alpha, dtype=np.float64)
+    if bias is not None:
+        y = y + np.asarray(bias, dtype=np.float64)
+    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    return y.astype(np.float32).reshape(n, ho, wo, -1)
+
+
+def depthwise_conv2d(
+    x: npt.NDArray[np.float32],
+    w: npt.NDArray[np.float32],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    alpha: npt.NDArray[np.float32] | None = None,
+    bias: npt.NDArray[np.float32] | None = None,
+) -> npt.NDArray[np.float32]:
+    """Depthwise conv of NHWC float32 ``x`` with ``w (kh, kw, C)``: per channel, the taps inside the
+    image summed in order in float32 (``acc = acc + x * w``), then ``acc * alpha + bias``."""
+    x = np.asarray(x, dtype=np.float32)
+    n, h, wd, c = x.shape
+    kh, kw = w.shape[:2]
+    (sh, sw), (ph, pw) = stride, padding
+    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(wd, kw, sw, pw)
+    acc = np.zeros((n, ho, wo, c), dtype=np.float32)
+    oy, ox = np.arange(ho), np.arange(wo)
+    for i in range(kh):
+        iy = oy * sh - ph + i
+        vy = (iy >= 0) & (iy < h)
+        for j in range(kw):
+            ix = ox * sw - pw + j
+            vx = (ix >= 0) & (ix < wd)
+            if not vy.any() or not vx.any():
+                continue
+            tap = x[:, iy[vy]][:, :, ix[vx]] * np.asarray(w[i, j], dtype=np.float32)
+            sub = acc[:, vy][:, :, vx] + tap
+            acc[np.ix_(np.arange(n), oy[vy], ox[vx])] = sub
+    if alpha is not None:
+        acc = (acc * np.asarray(alpha, dtype=np.float32)).astype(np.float32)
+    if bias is not None:
+        acc = (acc + np.asarray(bias, dtype=np.float32)).astype(np.float32)
+    return acc

@@ -266,9 +266,16 @@ OB_T2 static void y_scale_bias(const int32_t *y, int64_t ldy, const float *alpha
     }
 }
 
+int ob_xnor_panels_generic(const ob_xnor_args *p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+int ob_dconv_generic(const ob_dconv_args *p, int64_t r0, int64_t r1, int64_t n0, int64_t n1);
+int ob_dwconv_generic(const ob_dwconv_args *p, int64_t r0, int64_t r1);
+
+/* XNOR on prepacked panels and the direct convs: the portable code (the runtime uses them on
+ * AVX2 only where they are not slower: see onebit/runtime/ops.py). */
 const ob_isa_table ob_avx2_table = {
     "avx2",          2,               2,           y_pack_bits, y_xnor, y_bfgemm,
-    y_threshold_f32, y_threshold_i32, y_scale_bias, NULL, 1, 1,
+    y_threshold_f32, y_threshold_i32, y_scale_bias, NULL, 1, 1, ob_xnor_panels_generic,
+    ob_dconv_generic, ob_dwconv_generic,
 };
 
 #endif /* OB_X86 */

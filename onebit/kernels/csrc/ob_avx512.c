@@ -122,7 +122,7 @@ OB_T512 OB_INL void z_xnor_tile(const uint64_t *a, int64_t lda, const uint64_t *
         const uint64_t *bk = bt + k * Z_XNR;
         __m512i bv[4];
 #pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) bv[v] = _mm512_load_si512((const void *)(bk + 8 * v));
+        for (int v = 0; v < nv; v++) bv[v] = _mm512_loadu_si512((const void *)(bk + 8 * v)); /* panels may be unaligned */
 #pragma GCC unroll 8
         for (int i = 0; i < mr; i++) {
             const __m512i av = _mm512_set1_epi64((long long)a[i * lda + k]);
@@ -188,6 +188,30 @@ OB_T512 static int z_xnor(const ob_xnor_args *p, int64_t m0, int64_t m1, int64_t
         }
     }
     ob_free(bt);
+    return 0;
+}
+
+/* B already in panels (ob_xnor_pack_panels: the layout z_pack_b_panel makes per call): the
+ * micro-kernel alone.  n0 is a multiple of Z_XNR. */
+OB_T512 static int z_xnor_panels(const ob_xnor_args *p, int64_t m0, int64_t m1, int64_t n0,
+                                 int64_t n1) {
+    const int64_t Kw = p->Kw;
+    for (int64_t np = n0; np < n1; np += Z_XNR) {
+        const int64_t ncols = ob_min64(Z_XNR, n1 - np);
+        const int nv = (int)ob_ceil_div(ncols, 8);
+        const uint64_t *bt = p->b + (np / Z_XNR) * Kw * Z_XNR;
+        if (np + Z_XNR < n1) { /* the next panel's first lines (the prefetcher follows on) */
+            _mm_prefetch((const char *)(bt + Kw * Z_XNR), _MM_HINT_T0);
+            _mm_prefetch((const char *)(bt + Kw * Z_XNR + 8), _MM_HINT_T0);
+            _mm_prefetch((const char *)(bt + Kw * Z_XNR + 16), _MM_HINT_T0);
+            _mm_prefetch((const char *)(bt + Kw * Z_XNR + 24), _MM_HINT_T0);
+        }
+        for (int64_t m = m0; m < m1; m += Z_XMR) {
+            const int mr = (int)ob_min64(Z_XMR, m1 - m);
+            z_xnor_dispatch(p->a + m * p->lda, p->lda, bt, Kw, p->K, p->c + m * p->ldc + np,
+                            p->ldc, mr, nv, ncols);
+        }
+    }
     return 0;
 }
 
@@ -677,9 +701,13 @@ OB_T512 static int z_sgemm(const ob_sgemm_args *p, int64_t m0, int64_t m1, int64
     return 0;
 }
 
+int ob_dconv_avx512(const ob_dconv_args *p, int64_t r0, int64_t r1, int64_t n0, int64_t n1);
+int ob_dwconv_avx512(const ob_dwconv_args *p, int64_t r0, int64_t r1);
+
 const ob_isa_table ob_avx512_table = {
     "avx512",        Z_XNR,           Z_BNB,       z_pack_bits, z_xnor, z_bfgemm,
-    z_threshold_f32, z_threshold_i32, z_scale_bias, z_sgemm, Z_SMR, Z_SNR,
+    z_threshold_f32, z_threshold_i32, z_scale_bias, z_sgemm, Z_SMR, Z_SNR, z_xnor_panels,
+    ob_dconv_avx512, ob_dwconv_avx512,
 };
 
 #endif /* OB_X86 */

@@ -22,11 +22,12 @@ void ob_free(void *p) { free(p); }
 
 /* ------------------------------------------------------------- ISA selection */
 
-static const char *const k_isa_names[OB_ISA_COUNT] = {"generic", "avx2", "avx512"};
+static const char *const k_isa_names[OB_ISA_COUNT] = {"generic", "avx2", "avx512",
+                                                       "avx512_vnni", "amx"};
 
 static const ob_isa_table *isa_table(int isa) {
 #if OB_X86
-    if (isa == OB_ISA_AVX512) return &ob_avx512_table;
+    if (isa >= OB_ISA_AVX512) return &ob_avx512_table; /* vnni, amx: + their int8 kernels */
     if (isa == OB_ISA_AVX2) return &ob_avx2_table;
 #endif
     (void)isa;
@@ -40,11 +41,14 @@ int ob_isa_supported(int isa) {
     const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                      __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("bmi2");
     if (isa == OB_ISA_AVX2) return avx2;
-    if (isa == OB_ISA_AVX512) {
-        return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-               __builtin_cpu_supports("avx512vpopcntdq");
-    }
+    const int avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                       __builtin_cpu_supports("avx512dq") &&
+                       __builtin_cpu_supports("avx512vpopcntdq");
+    if (isa == OB_ISA_AVX512) return avx512;
+    const int vnni = avx512 && __builtin_cpu_supports("avx512vnni");
+    if (isa == OB_ISA_VNNI) return vnni;
+    if (isa == OB_ISA_AMX) return vnni && ob_amx_enable();
 #endif
     return 0;
 }
@@ -79,6 +83,8 @@ const char *ob_isa_name(int isa) {
 }
 
 static const ob_isa_table *current(void) { return isa_table(ob_get_isa()); }
+
+const ob_isa_table *ob_current_table(void) { return current(); }
 
 /* ------------------------------------------------------------------ threads */
 
@@ -739,4 +745,336 @@ int ob_sgemm(const ob_sgemm_args *args, int64_t M, int64_t N, int threads) {
     const double work = (double)M * (double)N * (double)(args->K > 0 ? args->K : 1);
     const int t = resolve_threads(threads, work, 1 << 20);
     return run_2d(t, M, N, c.t->sgemm_mb, c.t->sgemm_nb, sgemm_range, &c);
+}
+
+/* ------------------------------------------------------------- xnor panels */
+
+void ob_xnor_pack_panels(const uint64_t *b, uint64_t *out, int64_t N, int64_t K) {
+    const int64_t Kw = ob_ceil_div(K, 64), P = ob_ceil_div(N, OB_XNOR_PANEL);
+    const uint64_t last = K % 64 ? (UINT64_C(1) << (K % 64)) - 1 : ~UINT64_C(0);
+    for (int64_t p = 0; p < P; p++) {
+        for (int64_t k = 0; k < Kw; k++) {
+            uint64_t *o = out + (p * Kw + k) * OB_XNOR_PANEL;
+            for (int64_t j = 0; j < OB_XNOR_PANEL; j++) {
+                const int64_t n = p * OB_XNOR_PANEL + j;
+                o[j] = n < N ? b[n * Kw + k] & (k == Kw - 1 ? last : ~UINT64_C(0)) : 0;
+            }
+        }
+    }
+}
+
+static int xnor_panels_range(const void *vctx, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const xnor_ctx *c = (const xnor_ctx *)vctx;
+    return c->t->xnor_panels(&c->a, m0, m1, n0, n1);
+}
+
+int ob_xnor_gemm_panels(const uint64_t *a, const uint64_t *panels, int32_t *c, int64_t M,
+                        int64_t N, int64_t K, int threads) {
+    if (M <= 0 || N <= 0) return 0;
+    const int64_t Kw = ob_ceil_div(K, 64);
+    if (Kw == 0) {
+        memset(c, 0, (size_t)(M * N) * sizeof(int32_t));
+        return 0;
+    }
+    uint64_t *ac = NULL;
+    if (clean_padding(a, M, Kw, K, &ac) != 0) return -1;
+    xnor_ctx x = {current(), {ac ? ac : a, Kw, panels, 0, c, N, Kw, K}};
+    const int t = resolve_threads(threads, (double)M * (double)N * (double)Kw, 1 << 15);
+    const int err = run_2d(t, M, N, 8, OB_XNOR_PANEL, xnor_panels_range, &x);
+    ob_free(ac);
+    return err;
+}
+
+/* ------------------------------------------------------------- direct convs */
+
+typedef struct {
+    const ob_isa_table *t;
+    ob_dconv_args a;
+    const float *x;
+    float *xp;
+    int64_t H, W, ph, pw;
+} dconv_ctx;
+
+/* rows (b, iy) of the zero-padded input */
+static int pad_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+    const dconv_ctx *c = (const dconv_ctx *)vctx;
+    (void)n0;
+    (void)n1;
+    const int64_t Hp = c->a.Hp, Wp = c->a.Wp, C = c->a.C;
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t b = r / Hp, iy = r % Hp - c->ph;
+        float *dst = c->xp + r * Wp * C;
+        if (iy < 0 || iy >= c->H) {
+            memset(dst, 0, (size_t)(Wp * C) * sizeof(float));
+            continue;
+        }
+        memset(dst, 0, (size_t)(c->pw * C) * sizeof(float));
+        memcpy(dst + c->pw * C, c->x + (b * c->H + iy) * c->W * C, (size_t)(c->W * C) * sizeof(float));
+        memset(dst + (c->pw + c->W) * C, 0, (size_t)(c->pw * C) * sizeof(float));
+    }
+    return 0;
+}
+
+static int dconv_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+    const dconv_ctx *c = (const dconv_ctx *)vctx;
+    return c->t->dconv(&c->a, r0, r1, n0, n1);
+}
+
+int ob_direct_conv2d(const float *x, const float *w, int64_t ldw, const float *alpha,
+                     const float *beta, float *y, int64_t B, int64_t H, int64_t W, int64_t C,
+                     int64_t N, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t ph,
+                     int64_t pw, int threads) {
+    const int64_t Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
+    if (B <= 0 || N <= 0 || Ho <= 0 || Wo <= 0) return 0;
+    const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
+    dconv_ctx c = {current(), {x, Hp, Wp, C, w, ldw, alpha, beta, y, Ho, Wo, N, KH, KW, sh, sw},
+                   x, NULL, H, W, ph, pw};
+    int err = 0;
+    if (ph > 0 || pw > 0) {
+        c.xp = (float *)ob_alloc((size_t)(B * Hp * Wp * C) * sizeof(float));
+        if (c.xp == NULL) return -1;
+        const int tp = resolve_threads(threads, (double)(B * Hp * Wp * C), 1 << 15);
+        err = run_2d(tp, B * Hp, 1, 1, 1, pad_range, &c);
+        c.a.x = c.xp;
+    }
+    if (!err) {
+        const double work = (double)(B * Ho * Wo) * (double)N * (double)(KH * KW * C);
+        const int t = resolve_threads(threads, work, 1 << 18);
+        err = run_2d(t, B * Ho, N, 1, 64, dconv_range, &c);
+    }
+    ob_free(c.xp);
+    return err;
+}
+
+typedef struct {
+    const ob_isa_table *t;
+    ob_dwconv_args a;
+} dw_ctx;
+
+static int dw_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+    const dw_ctx *c = (const dw_ctx *)vctx;
+    (void)n0;
+    (void)n1;
+    return c->t->dwconv(&c->a, r0, r1);
+}
+
+int ob_depthwise_conv2d(const float *x, const float *w, const float *alpha, const float *beta,
+                        float *y, int64_t B, int64_t H, int64_t W, int64_t C, int64_t KH,
+                        int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int threads) {
+    const int64_t Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
+    if (B <= 0 || C <= 0 || Ho <= 0 || Wo <= 0) return 0;
+    dw_ctx c = {current(), {x, H, W, C, w, alpha, beta, y, Ho, Wo, KH, KW, sh, sw, ph, pw}};
+    const int t = resolve_threads(threads, (double)(B * Ho * Wo * C * KH * KW), 1 << 16);
+    return run_2d(t, B * Ho, 1, 1, 1, dw_range, &c);
+}
+
+/* ------------------------------------------------------- int8 activations */
+
+typedef int (*u8_fn)(const ob_u8gemm_args *, int64_t, int64_t, int64_t, int64_t);
+
+typedef struct {
+    u8_fn fn;
+    ob_u8gemm_args a;
+} u8_ctx;
+
+static int u8_range(const void *vctx, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    const u8_ctx *c = (const u8_ctx *)vctx;
+    return c->fn(&c->a, m0, m1, n0, n1);
+}
+
+/* rows are padded to a multiple of this (whole AMX tiles may be read) */
+#define OB_U8_ROWS 64
+
+/* From this many rows on, AMX tiles (where the ISA level has them) instead of VNNI; both give
+ * the same integers.  Settable for tests and benchmarks (ob_set_u8_amx_min_rows). */
+static int g_amx_min_rows = 6;
+
+void ob_set_u8_amx_min_rows(int n) { g_amx_min_rows = n < 1 ? 1 : n; }
+
+static int run_u8(ob_u8gemm_args *a, int64_t M, int64_t N, int threads) {
+    const int isa = ob_get_isa();
+    u8_ctx c = {ob_u8gemm_generic, *a};
+    int64_t mu = 1, nu = 16;
+#if OB_X86
+    if (isa >= OB_ISA_AMX && M >= g_amx_min_rows) {
+        c.fn = ob_u8gemm_amx;
+        mu = M <= 16 ? 16 : 64;
+        nu = M <= 16 ? 64 : 32;
+    } else if (isa >= OB_ISA_VNNI) {
+        c.fn = ob_u8gemm_vnni;
+        mu = 4;
+        nu = 64;
+    }
+#else
+    (void)isa;
+#endif
+    const int t = resolve_threads(threads, (double)M * (double)N * (double)a->K, 1 << 20);
+    return run_2d(t, M, N, mu, nu, u8_range, &c);
+}
+
+void ob_quant_rows(const float *x, int64_t ldx, int64_t len, const float *inv,
+                   const int32_t *zero, uint8_t *q, int64_t ldq, int64_t rows);
+
+typedef struct {
+    const float *x;
+    int64_t len, ldx;
+    uint8_t *q;
+    int64_t ldq;
+    float *scale, *inv;
+    int32_t *zero;
+} quant_ctx;
+
+static int quant_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+    const quant_ctx *c = (const quant_ctx *)vctx;
+    (void)n0;
+    (void)n1;
+    for (int64_t r = r0; r < r1; r++) {
+        ob_quant_params(c->x + r * c->ldx, c->len, c->scale + r, c->zero + r, c->inv + r);
+        ob_quant_rows(c->x + r * c->ldx, c->ldx, c->len, c->inv + r, c->zero + r,
+                      c->q + r * c->ldq, c->ldq, 1);
+    }
+    return 0;
+}
+
+static int quantize(const float *x, int64_t G, int64_t len, uint8_t *q, int64_t ldq, float *scale,
+                    int32_t *zero, int threads) {
+    float *inv = (float *)ob_alloc((size_t)G * sizeof(float));
+    if (inv == NULL) return -1;
+    quant_ctx c = {x, len, len, q, ldq, scale, inv, zero};
+    const int t = resolve_threads(threads, (double)G * (double)len, 1 << 15);
+    const int err = run_2d(t, G, 1, 1, 1, quant_range, &c);
+    ob_free(inv);
+    return err;
+}
+
+int ob_quantize_u8(const float *x, uint8_t *q, float *scale, int32_t *zero, int64_t G,
+                   int64_t len, int threads) {
+    if (G <= 0) return 0;
+    return quantize(x, G, len, q, len, scale, zero, threads);
+}
+
+int ob_binary_u8_gemm(const float *x, const uint64_t *wp, const int32_t *wsum,
+                      const float *alpha, const float *beta, float *y, int64_t M, int64_t N,
+                      int64_t K, int threads) {
+    if (M <= 0 || N <= 0) return 0;
+    const int64_t Kp = ob_max64(64, ob_ceil_div(K, 64) * 64);
+    const int64_t Mp = ob_ceil_div(M, OB_U8_ROWS) * OB_U8_ROWS;
+    uint8_t *q = (uint8_t *)ob_alloc((size_t)(Mp * Kp));
+    float *scale = (float *)ob_alloc((size_t)M * sizeof(float));
+    int32_t *zero = (int32_t *)ob_alloc((size_t)M * sizeof(int32_t));
+    int err = q == NULL || scale == NULL || zero == NULL;
+    if (!err) {
+        memset(q + M * Kp, 0, (size_t)((Mp - M) * Kp));
+        err = quantize(x, M, K, q, Kp, scale, zero, threads);
+    }
+    if (!err) {
+        ob_u8gemm_args a = {q, Kp, wp, ob_ceil_div(K, 64) * 16, wsum, scale, zero, alpha, beta,
+                            y, N, K};
+        err = run_u8(&a, M, N, threads);
+    }
+    ob_free(q);
+    ob_free(scale);
+    ob_free(zero);
+    return err ? -1 : 0;
+}
+
+typedef struct {
+    const uint8_t *x;
+    uint8_t *col;
+    const int32_t *zero; /* per sample */
+    int64_t H, W, C, Ho, Wo, KH, KW, sh, sw, ph, pw, K, ldq;
+} u8col_ctx;
+
+#if OB_X86
+void ob_bytes_avx512(uint8_t *dst, const uint8_t *src, int64_t n, uint8_t z);
+#endif
+
+static inline void put_bytes(int wide, uint8_t *dst, const uint8_t *src, int64_t n, uint8_t z) {
+#if OB_X86
+    if (wide) {
+        ob_bytes_avx512(dst, src, n, z);
+        return;
+    }
+#endif
+    (void)wide;
+    if (src != NULL) memcpy(dst, src, (size_t)n);
+    else memset(dst, z, (size_t)n);
+}
+
+static int u8col_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+    const u8col_ctx *c = (const u8col_ctx *)vctx;
+    (void)n0;
+    (void)n1;
+    const int64_t C = c->C;
+    const int wide = ob_get_isa() >= OB_ISA_AVX512; /* masked copies: no call per tap row */
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t ox = r % c->Wo, oy = (r / c->Wo) % c->Ho, b = r / (c->Wo * c->Ho);
+        const uint8_t z = (uint8_t)c->zero[b];
+        uint8_t *dst = c->col + r * c->ldq;
+        const int64_t ix0 = ox * c->sw - c->pw;
+        const int64_t k0 = ix0 < 0 ? -ix0 : 0, k1 = ob_min64(c->KW, c->W - ix0);
+        for (int64_t ky = 0; ky < c->KH; ky++, dst += c->KW * C) {
+            const int64_t iy = oy * c->sh - c->ph + ky;
+            if (iy < 0 || iy >= c->H || k1 <= k0) {
+                put_bytes(wide, dst, NULL, c->KW * C, z);
+                continue;
+            }
+            if (k0 > 0) put_bytes(wide, dst, NULL, k0 * C, z);
+            put_bytes(wide, dst + k0 * C, c->x + ((b * c->H + iy) * c->W + ix0 + k0) * C,
+                      (k1 - k0) * C, z);
+            if (k1 < c->KW) put_bytes(wide, dst + k1 * C, NULL, (c->KW - k1) * C, z);
+        }
+    }
+    return 0;
+}
+
+int ob_binary_u8_conv2d(const float *x, const uint64_t *wp, const int32_t *wsum,
+                        const float *alpha, const float *beta, float *y, int64_t B, int64_t H,
+                        int64_t W, int64_t C, int64_t N, int64_t KH, int64_t KW, int64_t sh,
+                        int64_t sw, int64_t ph, int64_t pw, int threads) {
+    const int64_t Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
+    if (B <= 0 || N <= 0 || Ho <= 0 || Wo <= 0) return 0;
+    const int64_t M = B * Ho * Wo, K = KH * KW * C, L = H * W * C;
+    const int64_t Kp = ob_max64(64, ob_ceil_div(K, 64) * 64);
+    const int64_t Mp = ob_ceil_div(M, OB_U8_ROWS) * OB_U8_ROWS;
+    const int direct = KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
+    /* quantized input; for a 1x1 conv it is the GEMM's operand itself (rows C bytes apart) */
+    const int64_t qbytes = direct ? Mp * C + Kp : B * L;
+    uint8_t *qx = (uint8_t *)ob_alloc((size_t)qbytes);
+    float *sc = (float *)ob_alloc((size_t)B * sizeof(float));
+    int32_t *zp = (int32_t *)ob_alloc((size_t)B * sizeof(int32_t));
+    float *rs = (float *)ob_alloc((size_t)M * sizeof(float));
+    int32_t *rz = (int32_t *)ob_alloc((size_t)M * sizeof(int32_t));
+    uint8_t *col = NULL;
+    int err = qx == NULL || sc == NULL || zp == NULL || rs == NULL || rz == NULL;
+    if (!err) {
+        if (direct) memset(qx + M * C, 0, (size_t)(qbytes - M * C));
+        err = quantize(x, B, L, qx, L, sc, zp, threads);
+    }
+    if (!err && !direct) {
+        col = (uint8_t *)ob_alloc((size_t)(Mp * Kp));
+        err = col == NULL;
+        if (!err) {
+            memset(col + M * Kp, 0, (size_t)((Mp - M) * Kp));
+            u8col_ctx cc = {qx, col, zp, H, W, C, Ho, Wo, KH, KW, sh, sw, ph, pw, K, Kp};
+            const int t = resolve_threads(threads, (double)M * (double)K, 1 << 15);
+            err = run_2d(t, M, 1, 1, 1, u8col_range, &cc);
+        }
+    }
+    if (!err) {
+        for (int64_t r = 0; r < M; r++) {
+            rs[r] = sc[r / (Ho * Wo)];
+            rz[r] = zp[r / (Ho * Wo)];
+        }
+        ob_u8gemm_args a = {direct ? qx : col, direct ? C : Kp, wp, ob_ceil_div(K, 64) * 16,
+                            wsum, rs, rz, alpha, beta, y, N, K};
+        err = run_u8(&a, M, N, threads);
+    }
+    ob_free(qx);
+    ob_free(col);
+    ob_free(sc);
+    ob_free(zp);
+    ob_free(rs);
+    ob_free(rz);
+    return err ? -1 : 0;
 }

@@ -29,6 +29,13 @@ static inline uint64_t g_byte_counts(uint64_t v) {
     return (v + (v >> 4)) & 0x0F0F0F0F0F0F0F0FULL;
 }
 
+static inline uint64_t g_byte_sum(uint64_t v) { /* sum of the 8 byte counts */
+    v = (v & 0x00FF00FF00FF00FFULL) + ((v >> 8) & 0x00FF00FF00FF00FFULL);
+    v += v >> 16;
+    v += v >> 32;
+    return v & 0xFFFF;
+}
+
 /* popcount(a ^ b) over n words.  Byte counts are summed for up to 31 words before they are
  * folded, which keeps the loop free of multiplies and calls so compilers vectorize it. */
 static int64_t g_xor_popcount(const uint64_t *a, const uint64_t *b, int64_t n) {
@@ -52,6 +59,24 @@ static int g_xnor(const ob_xnor_args *p, int64_t m0, int64_t m1, int64_t n0, int
         int32_t *c = p->c + m * p->ldc;
         for (int64_t n = n0; n < n1; n++) {
             const int64_t pc = g_xor_popcount(a, p->b + n * p->ldb, Kw);
+            c[n] = (int32_t)(p->K - 2 * pc);
+        }
+    }
+    return 0;
+}
+
+/* B in panels: word k of row n is panels[((n / 32) * Kw + k) * 32 + n % 32]. */
+int ob_xnor_panels_generic(const ob_xnor_args *p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+int ob_xnor_panels_generic(const ob_xnor_args *p, int64_t m0, int64_t m1, int64_t n0,
+                           int64_t n1) {
+    const int64_t Kw = p->Kw;
+    for (int64_t m = m0; m < m1; m++) {
+        const uint64_t *a = p->a + m * p->lda;
+        int32_t *c = p->c + m * p->ldc;
+        for (int64_t n = n0; n < n1; n++) {
+            const uint64_t *b = p->b + (n / OB_XNOR_PANEL) * Kw * OB_XNOR_PANEL + n % OB_XNOR_PANEL;
+            int64_t pc = 0;
+            for (int64_t k = 0; k < Kw; k++) pc += (int64_t)g_byte_sum(g_byte_counts(a[k] ^ b[k * OB_XNOR_PANEL]));
             c[n] = (int32_t)(p->K - 2 * pc);
         }
     }
@@ -156,7 +181,11 @@ static void g_scale_bias(const int32_t *y, int64_t ldy, const float *alpha, cons
     }
 }
 
+int ob_dconv_generic(const ob_dconv_args *p, int64_t r0, int64_t r1, int64_t n0, int64_t n1);
+int ob_dwconv_generic(const ob_dwconv_args *p, int64_t r0, int64_t r1);
+
 const ob_isa_table ob_generic_table = {
     "generic",        8,           8, g_pack_bits, g_xnor, g_bfgemm, g_threshold_f32,
-    g_threshold_i32, g_scale_bias, NULL,     1,           1,
+    g_threshold_i32, g_scale_bias, NULL,     1,           1, ob_xnor_panels_generic,
+    ob_dconv_generic, ob_dwconv_generic,
 };

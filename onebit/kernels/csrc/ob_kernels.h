@@ -23,7 +23,17 @@
 #define OB_X86 0
 #endif
 
-enum { OB_ISA_GENERIC = 0, OB_ISA_AVX2 = 1, OB_ISA_AVX512 = 2, OB_ISA_COUNT = 3 };
+/* Dispatch levels, each a superset of the one before: avx512 = F/BW/VL/DQ + VPOPCNTDQ,
+ * avx512_vnni adds VPDPBUSD (Ice Lake, Zen 4), amx adds AMX-TILE + AMX-INT8 with the OS's
+ * permission for tile data (Sapphire Rapids).  Levels above avx512 change only the int8 ops. */
+enum {
+    OB_ISA_GENERIC = 0,
+    OB_ISA_AVX2 = 1,
+    OB_ISA_AVX512 = 2,
+    OB_ISA_VNNI = 3,
+    OB_ISA_AMX = 4,
+    OB_ISA_COUNT = 5
+};
 
 /* C[m, n] = K - 2 * popcount(A[m] ^ B[n]); padding bits of A and B must be zero. */
 typedef struct {
@@ -65,6 +75,53 @@ typedef struct {
     int accumulate;
 } ob_sgemm_args;
 
+/* Binary weights x uint8 activations: Y[m, n] = ((float)(acc - zero[m] * wsum[n]) * scale[m])
+ * * alpha[n] + beta[n], acc = sum_k q[m, k] * s(n, k), s = +1/-1.  q rows are ldq bytes apart and
+ * readable (any values) up to ceil(K / 64) * 64 bytes; with AMX the rows are padded so that whole
+ * 64-row tiles can be read.  wp is the "VNNI panel" layout: for column block b (16 columns) and
+ * quad r (inputs 4r..4r+3) the word wp[b * kq + r] holds the sign of column 16 b + j at input
+ * 4 r + i in bit 4 j + i; kq = ceil(K / 64) * 16. */
+typedef struct {
+    const uint8_t *q;
+    int64_t ldq; /* bytes */
+    const uint64_t *wp;
+    int64_t kq;
+    const int32_t *wsum;
+    const float *scale;
+    const int32_t *zero;
+    const float *alpha; /* (N,) or NULL */
+    const float *beta;  /* (N,) or NULL */
+    float *y;
+    int64_t ldy;
+    int64_t K;
+} ob_u8gemm_args;
+
+/* Direct convolution, float32, NHWC: y[b, oy, ox, n] = alpha[n] * sum_{kh, kw, c}
+ * x[b, oy * sh + kh, ox * sw + kw, c] * w[(kh * KW + kw) * C + c, n] + beta[n], where x is already
+ * zero padded (Hp x Wp) and w has ldw >= N columns (zero past N, ldw a multiple of 16). */
+typedef struct {
+    const float *x;
+    int64_t Hp, Wp, C;
+    const float *w;
+    int64_t ldw;
+    const float *alpha, *beta;
+    float *y;
+    int64_t Ho, Wo, N;
+    int64_t KH, KW, sh, sw;
+} ob_dconv_args;
+
+/* Depthwise convolution, float32, NHWC: y[b, oy, ox, c] = alpha[c] * sum over the taps inside
+ * the image of x[b, iy, ix, c] * w[kh, kw, c] (in tap order, a multiply then an add) + beta[c]. */
+typedef struct {
+    const float *x;
+    int64_t H, W, C;
+    const float *w;
+    const float *alpha, *beta;
+    float *y;
+    int64_t Ho, Wo;
+    int64_t KH, KW, sh, sw, ph, pw;
+} ob_dwconv_args;
+
 /* Every range kernel returns 0 on success and -1 when a scratch allocation failed. */
 typedef struct {
     const char *name;
@@ -87,7 +144,15 @@ typedef struct {
      * instruction set has none (the callers then keep their own BLAS). */
     int (*sgemm)(const ob_sgemm_args *p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
     int64_t sgemm_mb, sgemm_nb; /* row and column granularity used when splitting */
+    /* XNOR GEMM with B already in panels of 32 rows, k-major (ob_xnor_pack_panels); n0 is a
+     * multiple of 32.  a.b is the panel array, a.ldb unused. */
+    int (*xnor_panels)(const ob_xnor_args *p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+    /* rows r in [r0, r1) of (B * Ho) output rows, columns [n0, n1) (n0 a multiple of 64) */
+    int (*dconv)(const ob_dconv_args *p, int64_t r0, int64_t r1, int64_t n0, int64_t n1);
+    int (*dwconv)(const ob_dwconv_args *p, int64_t r0, int64_t r1);
 } ob_isa_table;
+
+#define OB_XNOR_PANEL 32 /* rows of B per panel (ob_xnor_pack_panels) */
 
 extern const ob_isa_table ob_generic_table;
 #if OB_X86
@@ -142,5 +207,45 @@ int ob_clamp_f32(float *x, int64_t n, float lo, float hi, int threads);
 /* float32 NHWC x (B, H, W, C) -> patches (B * Ho * Wo, KH * KW * C), zero padded. */
 int ob_im2col_f32(const float *x, float *out, int64_t B, int64_t H, int64_t W, int64_t C,
                   int KH, int KW, int sh, int sw, int ph, int pw, int threads);
+
+/* ---- newer ops (ob_driver.c, ob_int8.c, ob_conv.c) ---- */
+/* B (N, Kw) rows -> panels (ceil(N / 32), Kw, 32) words, k-major, zero rows past N; padding bits
+ * of the last word cleared. */
+void ob_xnor_pack_panels(const uint64_t *b, uint64_t *out, int64_t N, int64_t K);
+int ob_xnor_gemm_panels(const uint64_t *a, const uint64_t *panels, int32_t *c, int64_t M,
+                        int64_t N, int64_t K, int threads);
+int ob_direct_conv2d(const float *x, const float *w, int64_t ldw, const float *alpha,
+                     const float *beta, float *y, int64_t B, int64_t H, int64_t W, int64_t C,
+                     int64_t N, int64_t KH, int64_t KW, int64_t sh, int64_t sw, int64_t ph,
+                     int64_t pw, int threads);
+int ob_depthwise_conv2d(const float *x, const float *w, const float *alpha, const float *beta,
+                        float *y, int64_t B, int64_t H, int64_t W, int64_t C, int64_t KH,
+                        int64_t KW, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int threads);
+/* Per group of `len` floats (a row, or one sample of a conv input): scale, zero point, uint8. */
+void ob_quant_params(const float *x, int64_t len, float *scale, int32_t *zero, float *inv);
+/* y = int8-activation binary-weight GEMM of float rows x (M, K): quantized per row. */
+int ob_binary_u8_gemm(const float *x, const uint64_t *wp, const int32_t *wsum,
+                      const float *alpha, const float *beta, float *y, int64_t M, int64_t N,
+                      int64_t K, int threads);
+/* The same for a conv: x float NHWC quantized per sample, uint8 im2col, then the GEMM. */
+int ob_binary_u8_conv2d(const float *x, const uint64_t *wp, const int32_t *wsum,
+                        const float *alpha, const float *beta, float *y, int64_t B, int64_t H,
+                        int64_t W, int64_t C, int64_t N, int64_t KH, int64_t KW, int64_t sh,
+                        int64_t sw, int64_t ph, int64_t pw, int threads);
+/* Quantization of the op above as uint8 + scale + zero (for tests and the reference). */
+void ob_set_u8_amx_min_rows(int n);
+int ob_quantize_u8(const float *x, uint8_t *q, float *scale, int32_t *zero, int64_t G,
+                   int64_t len, int threads);
+
+/* ob_int8.c: the range kernels of the u8 GEMM per level, and the AMX permission. */
+int ob_u8gemm_generic(const ob_u8gemm_args *p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+int ob_amx_enable(void); /* 1 when tiles may be used (asks the kernel once) */
+#if OB_X86
+int ob_u8gemm_vnni(const ob_u8gemm_args *p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+int ob_u8gemm_amx(const ob_u8gemm_args *p, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+void ob_quant_rows_avx512(const float *x, int64_t ldx, int64_t len, const float *inv,
+                          const int32_t *zero, uint8_t *q, int64_t ldq, int64_t rows);
+#endif
+extern const ob_isa_table *ob_current_table(void);
 
 #endif /* ONEBIT_OB_KERNELS_H */

@@ -488,6 +488,292 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
     return PyLong_FromLong(ob_get_num_threads());
 }
 
+/* ---- newer ops: sizes are checked here, shapes and dtypes by onebit/kernels/__init__.py ---- */
+
+static int get_opt(PyObject *obj, Py_buffer *buf, int *has, int64_t count, const char *name) {
+    if (opt_buffer(obj, buf, has, count, name) != 0) {
+        if (*has) PyBuffer_Release(buf);
+        *has = 0;
+        return -1;
+    }
+    return 0;
+}
+
+/* xnor_pack_panels(b: u64 (N, Kw), out: u64 (ceil(N/32), Kw, 32), N, K) */
+static PyObject *py_xnor_pack_panels(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer b, out;
+    long long N, K;
+    if (!PyArg_ParseTuple(args, "y*w*LL", &b, &out, &N, &K)) return NULL;
+    const int64_t Kw = (K + 63) / 64, P = (N + 31) / 32;
+    int64_t nb = 0, no = 0;
+    const int bad = K < 0 || K > INT32_MAX || check_dims(N, Kw, &nb, "xnor_pack_panels") ||
+                    check_dims(P * 32, Kw, &no, "xnor_pack_panels") ||
+                    check_size(&b, nb, 8, "b") || check_size(&out, no, 8, "out");
+    if (!bad) ob_xnor_pack_panels((const uint64_t *)b.buf, (uint64_t *)out.buf, N, K);
+    else if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "xnor_pack_panels: bad K");
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&out);
+    if (bad) return NULL;
+    Py_RETURN_NONE;
+}
+
+static int panels_check(xnor_call *c) {
+    int64_t akw = 0, pw = 0, mn = 0;
+    const long long K = c->K, Kw = (K + 63) / 64;
+    if (K < 0 || K > INT32_MAX || check_dims(c->M, Kw, &akw, "xnor_gemm_panels") ||
+        check_dims((c->N + 31) / 32 * 32, Kw, &pw, "xnor_gemm_panels") ||
+        check_dims(c->M, c->N, &mn, "xnor_gemm_panels") || check_size(&c->a, akw, 8, "a") ||
+        check_size(&c->b, pw, 8, "panels") || check_size(&c->out, mn, 4, "out")) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "xnor_gemm_panels: bad K");
+        xnor_release(c);
+        return -1;
+    }
+    return 0;
+}
+
+static int panels_run(const xnor_call *c) {
+    return ob_xnor_gemm_panels((const uint64_t *)c->a.buf, (const uint64_t *)c->b.buf,
+                               (int32_t *)c->out.buf, c->M, c->N, c->K, c->threads);
+}
+
+/* xnor_gemm_panels(a: u64 (M, Kw), panels, out: i32 (M, N), M, N, K, threads) */
+static PyObject *py_xnor_gemm_panels(PyObject *self, PyObject *args) {
+    (void)self;
+    xnor_call c;
+    if (!PyArg_ParseTuple(args, "y*y*w*LLLi", &c.a, &c.b, &c.out, &c.M, &c.N, &c.K,
+                          &c.threads) ||
+        panels_check(&c)) {
+        return NULL;
+    }
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS err = panels_run(&c);
+    Py_END_ALLOW_THREADS xnor_release(&c);
+    return finish(err);
+}
+
+/* time_xnor_gemm_panels(a, panels, out, M, N, K, threads, calls) -> seconds of each call */
+static PyObject *py_time_xnor_gemm_panels(PyObject *self, PyObject *args) {
+    (void)self;
+    xnor_call c;
+    int calls;
+    if (!PyArg_ParseTuple(args, "y*y*w*LLLii", &c.a, &c.b, &c.out, &c.M, &c.N, &c.K,
+                          &c.threads, &calls) ||
+        panels_check(&c)) {
+        return NULL;
+    }
+    if (calls < 1) calls = 1;
+    double *t = (double *)PyMem_Malloc((size_t)calls * sizeof(double));
+    if (t == NULL) {
+        xnor_release(&c);
+        return PyErr_NoMemory();
+    }
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS for (int i = 0; i < calls && !err; i++) {
+        const double t0 = now_s();
+        err = panels_run(&c);
+        t[i] = now_s() - t0;
+    }
+    Py_END_ALLOW_THREADS xnor_release(&c);
+    PyObject *out = err ? PyErr_NoMemory() : PyList_New(calls);
+    for (int i = 0; out != NULL && !err && i < calls; i++) {
+        PyList_SET_ITEM(out, i, PyFloat_FromDouble(t[i]));
+    }
+    PyMem_Free(t);
+    return out;
+}
+
+static int conv_geometry(long long B, long long H, long long W, long long C, long long KH,
+                         long long KW, long long sh, long long sw, long long ph, long long pw,
+                         const char *what) {
+    if (B < 0 || H < 0 || W < 0 || C < 1 || KH < 1 || KW < 1 || sh < 1 || sw < 1 || ph < 0 ||
+        pw < 0 || H + 2 * ph < KH || W + 2 * pw < KW || KH > 4096 || KW > 4096 ||
+        B > INT32_MAX || H > INT32_MAX || W > INT32_MAX || C > INT32_MAX || ph > INT32_MAX ||
+        pw > INT32_MAX || sh > INT32_MAX || sw > INT32_MAX || KH * KW * C > INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "%s: invalid geometry", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* direct_conv2d(x f32 (B,H,W,C), w f32 (KH*KW*C, ldw), ldw, alpha|None, beta|None,
+ *               y f32 (B,Ho,Wo,N), B, H, W, C, N, KH, KW, sh, sw, ph, pw, threads) */
+static PyObject *py_direct_conv2d(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer x, w, y, al, be;
+    PyObject *ao, *bo;
+    long long ldw, B, H, W, C, N, KH, KW, sh, sw, ph, pw;
+    int threads, ha = 0, hb = 0, err = 0;
+    if (!PyArg_ParseTuple(args, "y*y*LOOw*LLLLLLLLLLLi", &x, &w, &ldw, &ao, &bo, &y, &B, &H, &W,
+                          &C, &N, &KH, &KW, &sh, &sw, &ph, &pw, &threads))
+        return NULL;
+    int bad = conv_geometry(B, H, W, C, KH, KW, sh, sw, ph, pw, "direct_conv2d") ||
+              N < 0 || ldw < N || ldw % 16 != 0;
+    if (bad && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "direct_conv2d: bad N/ldw");
+    if (!bad) {
+        const int64_t Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
+        bad = check_size(&x, B * H * W * C, 4, "x") || check_size(&w, KH * KW * C * ldw, 4, "w") ||
+              check_size(&y, B * Ho * Wo * N, 4, "y") ||
+              get_opt(ao, &al, &ha, N, "alpha") || get_opt(bo, &be, &hb, N, "beta");
+    }
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS err = ob_direct_conv2d(
+            (const float *)x.buf, (const float *)w.buf, ldw, ha ? (const float *)al.buf : NULL,
+            hb ? (const float *)be.buf : NULL, (float *)y.buf, B, H, W, C, N, KH, KW, sh, sw, ph,
+            pw, threads);
+        Py_END_ALLOW_THREADS
+    }
+    if (ha) PyBuffer_Release(&al);
+    if (hb) PyBuffer_Release(&be);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&y);
+    if (bad) return NULL;
+    return finish(err);
+}
+
+/* depthwise_conv2d(x f32 (B,H,W,C), w f32 (KH,KW,C), alpha|None, beta|None, y f32 (B,Ho,Wo,C),
+ *                  B, H, W, C, KH, KW, sh, sw, ph, pw, threads) */
+static PyObject *py_depthwise_conv2d(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer x, w, y, al, be;
+    PyObject *ao, *bo;
+    long long B, H, W, C, KH, KW, sh, sw, ph, pw;
+    int threads, ha = 0, hb = 0, err = 0;
+    if (!PyArg_ParseTuple(args, "y*y*OOw*LLLLLLLLLLi", &x, &w, &ao, &bo, &y, &B, &H, &W, &C, &KH,
+                          &KW, &sh, &sw, &ph, &pw, &threads))
+        return NULL;
+    int bad = conv_geometry(B, H, W, C, KH, KW, sh, sw, ph, pw, "depthwise_conv2d");
+    if (!bad) {
+        const int64_t Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
+        bad = check_size(&x, B * H * W * C, 4, "x") || check_size(&w, KH * KW * C, 4, "w") ||
+              check_size(&y, B * Ho * Wo * C, 4, "y") ||
+              get_opt(ao, &al, &ha, C, "alpha") || get_opt(bo, &be, &hb, C, "beta");
+    }
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS err = ob_depthwise_conv2d(
+            (const float *)x.buf, (const float *)w.buf, ha ? (const float *)al.buf : NULL,
+            hb ? (const float *)be.buf : NULL, (float *)y.buf, B, H, W, C, KH, KW, sh, sw, ph, pw,
+            threads);
+        Py_END_ALLOW_THREADS
+    }
+    if (ha) PyBuffer_Release(&al);
+    if (hb) PyBuffer_Release(&be);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&y);
+    if (bad) return NULL;
+    return finish(err);
+}
+
+/* quantize_u8(x f32 (G, L), q u8 (G, L), scale f32 (G,), zero i32 (G,), G, L, threads) */
+static PyObject *py_quantize_u8(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer x, q, sc, zp;
+    long long G, L;
+    int threads, err = 0;
+    if (!PyArg_ParseTuple(args, "y*w*w*w*LLi", &x, &q, &sc, &zp, &G, &L, &threads)) return NULL;
+    int64_t gl = 0;
+    const int bad = check_dims(G, L, &gl, "quantize_u8") || check_size(&x, gl, 4, "x") ||
+                    check_size(&q, gl, 1, "q") || check_size(&sc, G, 4, "scale") ||
+                    check_size(&zp, G, 4, "zero");
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS err = ob_quantize_u8((const float *)x.buf, (uint8_t *)q.buf,
+                                                    (float *)sc.buf, (int32_t *)zp.buf, G, L,
+                                                    threads);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&q);
+    PyBuffer_Release(&sc);
+    PyBuffer_Release(&zp);
+    if (bad) return NULL;
+    return finish(err);
+}
+
+/* binary_u8_gemm(x f32 (M, K), wp u64 (ceil(N/16), ceil(K/64)*16), wsum i32 (N,), alpha|None,
+ *                beta|None, y f32 (M, N), M, N, K, threads) */
+static PyObject *py_binary_u8_gemm(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer x, wp, ws, y, al, be;
+    PyObject *ao, *bo;
+    long long M, N, K;
+    int threads, ha = 0, hb = 0, err = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*OOw*LLLi", &x, &wp, &ws, &ao, &bo, &y, &M, &N, &K,
+                          &threads))
+        return NULL;
+    int64_t mk = 0, mn = 0, np = 0;
+    int bad = K < 0 || K > (1 << 24) || check_dims(M, K, &mk, "binary_u8_gemm") ||
+              check_dims(M, N, &mn, "binary_u8_gemm") ||
+              check_dims((N + 15) / 16, (K + 63) / 64 * 16, &np, "binary_u8_gemm");
+    if (bad && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "binary_u8_gemm: bad K");
+    bad = bad || check_size(&x, mk, 4, "x") || check_size(&wp, np, 8, "wp") ||
+          check_size(&ws, N, 4, "wsum") || check_size(&y, mn, 4, "y") ||
+          get_opt(ao, &al, &ha, N, "alpha") || get_opt(bo, &be, &hb, N, "beta");
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS err = ob_binary_u8_gemm(
+            (const float *)x.buf, (const uint64_t *)wp.buf, (const int32_t *)ws.buf,
+            ha ? (const float *)al.buf : NULL, hb ? (const float *)be.buf : NULL, (float *)y.buf,
+            M, N, K, threads);
+        Py_END_ALLOW_THREADS
+    }
+    if (ha) PyBuffer_Release(&al);
+    if (hb) PyBuffer_Release(&be);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&wp);
+    PyBuffer_Release(&ws);
+    PyBuffer_Release(&y);
+    if (bad) return NULL;
+    return finish(err);
+}
+
+/* binary_u8_conv2d(x f32 (B,H,W,C), wp, wsum, alpha|None, beta|None, y f32 (B,Ho,Wo,N),
+ *                  B, H, W, C, N, KH, KW, sh, sw, ph, pw, threads) */
+static PyObject *py_binary_u8_conv2d(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer x, wp, ws, y, al, be;
+    PyObject *ao, *bo;
+    long long B, H, W, C, N, KH, KW, sh, sw, ph, pw;
+    int threads, ha = 0, hb = 0, err = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*OOw*LLLLLLLLLLLi", &x, &wp, &ws, &ao, &bo, &y, &B, &H,
+                          &W, &C, &N, &KH, &KW, &sh, &sw, &ph, &pw, &threads))
+        return NULL;
+    int bad = conv_geometry(B, H, W, C, KH, KW, sh, sw, ph, pw, "binary_u8_conv2d") || N < 0 ||
+              KH * KW * C > (1 << 24);
+    if (bad && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "binary_u8_conv2d: bad N");
+    if (!bad) {
+        const int64_t Ho = (H + 2 * ph - KH) / sh + 1, Wo = (W + 2 * pw - KW) / sw + 1;
+        const int64_t K = KH * KW * C;
+        bad = check_size(&x, B * H * W * C, 4, "x") ||
+              check_size(&wp, (N + 15) / 16 * ((K + 63) / 64 * 16), 8, "wp") ||
+              check_size(&ws, N, 4, "wsum") || check_size(&y, B * Ho * Wo * N, 4, "y") ||
+              get_opt(ao, &al, &ha, N, "alpha") || get_opt(bo, &be, &hb, N, "beta");
+    }
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS err = ob_binary_u8_conv2d(
+            (const float *)x.buf, (const uint64_t *)wp.buf, (const int32_t *)ws.buf,
+            ha ? (const float *)al.buf : NULL, hb ? (const float *)be.buf : NULL, (float *)y.buf,
+            B, H, W, C, N, KH, KW, sh, sw, ph, pw, threads);
+        Py_END_ALLOW_THREADS
+    }
+    if (ha) PyBuffer_Release(&al);
+    if (hb) PyBuffer_Release(&be);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&wp);
+    PyBuffer_Release(&ws);
+    PyBuffer_Release(&y);
+    if (bad) return NULL;
+    return finish(err);
+}
+
+static PyObject *py_set_u8_amx_min_rows(PyObject *self, PyObject *arg) {
+    (void)self;
+    const long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    ob_set_u8_amx_min_rows(n > 1 << 30 ? 1 << 30 : (int)n);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"pack_bits", py_pack_bits, METH_VARARGS, "pack_bits(x, out, M, K, threads)"},
     {"xnor_gemm", py_xnor_gemm, METH_VARARGS, "xnor_gemm(a, b, out, M, N, K, threads)"},
@@ -508,6 +794,22 @@ static PyMethodDef methods[] = {
     {"sgemm_available", py_sgemm_available, METH_NOARGS,
      "Whether the selected instruction set has a float32 GEMM."},
     {"sign", py_sign, METH_VARARGS, "sign(x, out, n, threads): out = x >= 0 ? +1 : -1"},
+    {"xnor_pack_panels", py_xnor_pack_panels, METH_VARARGS, "xnor_pack_panels(b, out, N, K)"},
+    {"xnor_gemm_panels", py_xnor_gemm_panels, METH_VARARGS,
+     "xnor_gemm_panels(a, panels, out, M, N, K, threads)"},
+    {"time_xnor_gemm_panels", py_time_xnor_gemm_panels, METH_VARARGS,
+     "time_xnor_gemm_panels(a, panels, out, M, N, K, threads, calls) -> seconds of each call"},
+    {"direct_conv2d", py_direct_conv2d, METH_VARARGS,
+     "direct_conv2d(x, w, ldw, alpha, beta, y, B, H, W, C, N, KH, KW, sh, sw, ph, pw, threads)"},
+    {"depthwise_conv2d", py_depthwise_conv2d, METH_VARARGS,
+     "depthwise_conv2d(x, w, alpha, beta, y, B, H, W, C, KH, KW, sh, sw, ph, pw, threads)"},
+    {"quantize_u8", py_quantize_u8, METH_VARARGS, "quantize_u8(x, q, scale, zero, G, L, threads)"},
+    {"binary_u8_gemm", py_binary_u8_gemm, METH_VARARGS,
+     "binary_u8_gemm(x, wp, wsum, alpha, beta, y, M, N, K, threads)"},
+    {"binary_u8_conv2d", py_binary_u8_conv2d, METH_VARARGS,
+     "binary_u8_conv2d(x, wp, wsum, alpha, beta, y, B, H, W, C, N, KH, KW, sh, sw, ph, pw, threads)"},
+    {"set_u8_amx_min_rows", py_set_u8_amx_min_rows, METH_O,
+     "Rows from which the int8 GEMM uses AMX tiles (tests, benchmarks)."},
     {"available_isas", py_available_isas, METH_NOARGS, "ISAs this CPU can run, best first."},
     {"get_isa", py_get_isa, METH_NOARGS, "The ISA the kernels dispatch to."},
     {"set_isa", py_set_isa, METH_O, "Force an ISA by name; None restores the best one."},
