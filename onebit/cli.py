@@ -12,6 +12,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from onebit.errors import OnebitError
 from onebit.fileio import atomic_write
@@ -45,7 +46,7 @@ def _models_help() -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="onebit",
         description="Train, evaluate and compare binary-weight neural networks.",
         formatter_class=fmt,
@@ -77,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="A,B,...",
         help="train each of these methods under the same config (their options reset to defaults)",
     )
-    t.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN")
+    t.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue the run in folder RUN (its own config, seed and method; --data-root may "
+        "say where its data lives now)",
+    )
     t.add_argument("--twin", action="store_true", help="also train the full-precision twin")
     t.add_argument("--out", metavar="DIR", help="runs folder (default: runs)")
     t.add_argument("--data-root", metavar="DIR", help="data folder (default: $ONEBIT_DATA, ...)")
@@ -198,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-plots", action="store_true", help="write the tables only")
     r.add_argument("--readme", metavar="FILE", help="regenerate the results table of FILE")
     r.add_argument(
-        "--records", metavar="DIR", default="records", help="records folder (default: records)"
+        "--records", metavar="DIR", help="records folder, with --readme (default: records)"
     )
     r.add_argument(
         "--check", action="store_true", help="with --readme: exit 1 if FILE is out of date"
@@ -244,33 +250,92 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _methods(text: str) -> list[str]:
+    """``--methods a,b,c`` as names, each known, none repeated."""
+    from onebit.methods import method_preset
+
+    names = [m.strip() for m in text.split(",")]
+    if not names or any(not m for m in names):
+        raise OnebitError("--methods expects method names separated by commas, e.g. fp,bc,bwn.")
+    if len(set(names)) != len(names):
+        raise OnebitError(f"--methods names a method twice ({text}).")
+    for m in names:
+        method_preset(m)  # an unknown name raises with the accepted list
+    return names
+
+
+def _seeds(seeds: list[int] | None) -> None:
+    if seeds is not None and (len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds)):
+        raise OnebitError(f"--seeds expects distinct non-negative integers, got {seeds}.")
+
+
+def _check_outputs(args: argparse.Namespace, out: str | None) -> None:
+    """Every place the command will write, checked before anything trains: a result must not
+    be lost to a bad path after hours of training."""
+    from onebit.fileio import check_folder, check_writable
+
+    if out is not None:
+        check_folder(out, "--out")
+    if getattr(args, "json", None):
+        check_writable(args.json)
+    if getattr(args, "record", None):
+        from onebit.experiments.records import check_record_folder
+
+        check_record_folder(args.record)
+
+
+def _kept(run_dirs: list[Path]) -> str:
+    return ", ".join(str(d) for d in run_dirs if d is not None) or "their run folders"
+
+
 def _train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from onebit.experiments.config import Config, load_config
     from onebit.experiments.report import format_table, markdown_table, summarize, table_columns
-    from onebit.experiments.runs import load_data, new_run_dir, run
+    from onebit.experiments.runs import load_data, prepare_run, train_prepared
 
-    overrides = list(args.overrides)
-    if args.out:
-        overrides.append(f'out="{args.out}"')
-    if args.data_root:
-        overrides.append(f'data.root="{args.data_root}"')
     if args.resume:
+        given = [
+            flag
+            for flag, value in (
+                ("CONFIG", args.config),
+                ("--set", args.overrides),
+                ("--seeds", args.seeds),
+                ("--methods", args.methods),
+                ("--twin", args.twin),
+                ("--out", args.out),
+            )
+            if value
+        ]
+        if given:
+            raise OnebitError(
+                "--resume continues a run with its own config, seed, method and folder; drop "
+                + ", ".join(given)
+                + "."
+            )
         run_dir = Path(args.resume)
         cfg_file = run_dir / "config.json"
         if not cfg_file.is_file():
             raise OnebitError(f"{run_dir} is not a onebit run folder (no config.json).")
-        cfg = Config.from_dict(json.loads(cfg_file.read_text()))
-        if args.config or args.overrides:
-            raise OnebitError(
-                "--resume continues a run with its own config; drop CONFIG and --set."
-            )
-        jobs = [(cfg, cfg.train.seed, run_dir, True)]
+        try:
+            cfg = Config.from_dict(json.loads(cfg_file.read_text()))
+        except (ValueError, UnicodeDecodeError, AttributeError, TypeError):
+            raise OnebitError(f"{cfg_file} is not a readable onebit config (bad JSON).") from None
+        if args.data_root:  # where the data is read from does not change the run
+            cfg.data.root = args.data_root
+        jobs: list[tuple[Config, int, Path | None, bool]] = [(cfg, cfg.train.seed, run_dir, True)]
+        _check_outputs(args, None)
     else:
         if args.config is None:
             raise OnebitError("give a config file (e.g. configs/fmnist_mlp.toml) or --resume RUN.")
+        overrides = list(args.overrides)
+        if args.out:
+            overrides.append(f"out={json.dumps(args.out)}")
+        if args.data_root:
+            overrides.append(f"data.root={json.dumps(args.data_root)}")
         cfg = load_config(args.config, overrides)
+        _seeds(args.seeds)
         seeds = args.seeds or [cfg.train.seed]
-        names = args.methods.split(",") if args.methods else [cfg.method.name]
+        names = _methods(args.methods) if args.methods else [cfg.method.name]
         if args.twin and "fp" not in names:
             names.append("fp")
         cfgs = [
@@ -279,30 +344,58 @@ def _train(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             else Config.from_dict({**cfg.to_dict(), "method": {"name": n}})
             for n in names
         ]
-        jobs = [(c, s, new_run_dir(c, s), False) for c in cfgs for s in seeds]
+        jobs = [(c, s, None, False) for c in cfgs for s in seeds]
+        _check_outputs(args, cfg.out)
     data = load_data(jobs[0][0], progress=not args.no_progress)
-    rows, run_dirs = [], []
+    rows: list[dict] = []
+    run_dirs: list[Path] = []
     for c, seed, run_dir, resume in jobs:
-        log.info("training %s (seed %d) in %s", c.method.name, seed, run_dir)
         try:
-            res = run(
-                c, seed, run_dir=run_dir, resume=resume, progress=not args.no_progress, data=data
+            prepared = prepare_run(
+                c, seed, run_dir=run_dir, resume=resume, data=data, new_folder=run_dir is None
             )
-        except KeyboardInterrupt:
-            log.error("interrupted; continue with: onebit train --resume %s", run_dir)
-            return 130
+            where = prepared.run_dir
+            log.info("training %s (seed %d) in %s", c.method.name, seed, where)
+            try:
+                res = train_prepared(prepared, progress=not args.no_progress)
+            except KeyboardInterrupt:
+                if where is not None:
+                    log.error("interrupted; continue with: onebit train --resume %s", where)
+                return 130
+        except OnebitError as e:
+            if run_dirs:
+                raise OnebitError(
+                    f"{str(e).rstrip('.')}; the runs that finished are kept in {_kept(run_dirs)}."
+                ) from None
+            raise
         rows.append(res.row())
-        run_dirs.append(run_dir)
+        run_dirs.append(res.run_dir)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, only the main process reports
         return 0
     summary = summarize(rows)
     print(markdown_table(format_table(summary), table_columns(summary)))
-    if args.json:
-        atomic_write(args.json, json.dumps(rows, indent=2) + "\n")
-    if args.record:
-        from onebit.experiments.records import write_record
+    return _write_results(args, rows, run_dirs, argv)
 
-        write_record(args.record, rows, run_dirs, sys.argv[1:] if argv is None else argv)
+
+def _write_results(
+    args: argparse.Namespace, rows: list[dict], run_dirs: list[Path], argv: list[str] | None
+) -> int:
+    """--json and --record after training; if one cannot be written (a disk that filled up),
+    say where the results are kept instead of losing them."""
+    try:
+        if args.json:
+            atomic_write(args.json, json.dumps(rows, indent=2) + "\n")
+        if args.record:
+            from onebit.experiments.records import write_record
+
+            write_record(args.record, rows, run_dirs, sys.argv[1:] if argv is None else argv)
+    except OnebitError as e:
+        print(
+            f"onebit: error: {str(e).rstrip('.')}; the results are kept in {_kept(run_dirs)} "
+            "(summary.json).",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 
@@ -314,6 +407,11 @@ def _eval(args: argparse.Namespace) -> int:
     if args.data_root:
         cfg.data.root = args.data_root
     data = load_data(cfg)
+    if tuple(data.input_shape) != tuple(_state["input_shape"]):
+        raise OnebitError(
+            f"the data at {data.source} has examples of shape {tuple(data.input_shape)} but "
+            f"{args.run} was trained on {tuple(_state['input_shape'])}; give its data."
+        )
     loss, acc = evaluate(model, data.test, data, cfg.train.eval_batch_size, cfg.train.loss)
     row = {"run": str(args.run), "test_acc": acc, "test_loss": loss}
     if cfg.train.loss == "ce" and data.test.y.dim() > 1:  # a language model: bits per character
@@ -329,11 +427,16 @@ def _compare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
     overrides = list(args.overrides)
     if args.out:
-        overrides.append(f'out="{args.out}"')
+        overrides.append(f"out={json.dumps(args.out)}")
     if args.data_root:
-        overrides.append(f'data.root="{args.data_root}"')
+        overrides.append(f"data.root={json.dumps(args.data_root)}")
     cfg = load_config(args.config, overrides)
+    _seeds(args.seeds)
     seeds = args.seeds if args.seeds is not None else [cfg.train.seed]
+    methods = _methods(args.methods)
+    if args.workers < 1:
+        raise OnebitError(f"--workers must be at least 1, got {args.workers}.")
+    _check_outputs(args, cfg.out)
 
     def show_plan(jobs: list) -> None:
         log.info("comparing %d runs in %s/%s: %s", len(jobs), cfg.out, cfg.name,
@@ -342,7 +445,7 @@ def _compare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     try:
         res = compare(
             cfg,
-            args.methods.split(","),
+            methods,
             seeds,
             workers=args.workers,
             plots=not args.no_plots,
@@ -354,26 +457,36 @@ def _compare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     table = res.results["table"]
     print(markdown_table(format_table(table), table_columns(table)))
     print(f"\nresults: {res.folder / 'results.md'}")
-    if args.record:
-        from onebit.experiments.records import write_record
-
-        write_record(
-            args.record,
-            res.rows,
-            [j.run_dir for j in res.jobs if (j.run_dir / "summary.json").is_file()],
-            sys.argv[1:] if argv is None else argv,
-            title=cfg.name,
-            config_file=args.config,
-            report_dir=res.folder,
-        )
-        print(f"record: {args.record}")
     if res.failed:
         for key, why in res.failed.items():
             print(f"onebit: error: run {key} failed: {why}", file=sys.stderr)
+        if args.record:
+            print(f"onebit: error: the record {args.record} is written once every run finished.",
+                  file=sys.stderr)  # fmt: skip
         print(
             "onebit: error: run the same command again to retry the failed runs.", file=sys.stderr
         )
         return 1
+    if args.record:
+        from onebit.experiments.records import write_record
+
+        try:
+            write_record(
+                args.record,
+                res.rows,
+                [j.run_dir for j in res.jobs if (j.run_dir / "summary.json").is_file()],
+                sys.argv[1:] if argv is None else argv,
+                title=cfg.name,
+                config_file=args.config,
+                report_dir=res.folder,
+            )
+        except OnebitError as e:
+            print(
+                f"onebit: error: {str(e).rstrip('.')}; the results are kept in {res.folder}.",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"record: {args.record}")
     return 0
 
 
@@ -385,10 +498,14 @@ def _sensitivity(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides)
     if args.out:
-        overrides.append(f'out="{args.out}"')
+        overrides.append(f"out={json.dumps(args.out)}")
     if args.data_root:
-        overrides.append(f'data.root="{args.data_root}"')
+        overrides.append(f"data.root={json.dumps(args.data_root)}")
     cfg = load_config(args.config, overrides)
+    _seeds(args.seeds)
+    if args.workers < 1:
+        raise OnebitError(f"--workers must be at least 1, got {args.workers}.")
+    _check_outputs(args, cfg.out)
     try:
         paths = sensitivity(cfg, args.seeds, workers=args.workers)
     except KeyboardInterrupt:
@@ -413,16 +530,20 @@ def _report(args: argparse.Namespace) -> int:
         table_columns,
         write_results,
     )
+    from onebit.fileio import check_folder
 
     if args.readme:
         from onebit.experiments.records import README_COMMAND, update_readme
 
         if args.runs:
             raise OnebitError("--readme regenerates the README from --records; drop RUNS.")
-        differs = update_readme(args.readme, args.records, check=args.check)
+        if args.out or args.no_plots:
+            raise OnebitError("--out and --no-plots go with RUNS, not with --readme; drop them.")
+        records = args.records or "records"
+        differs = update_readme(args.readme, records, check=args.check)
         if args.check and differs:
             print(
-                f"onebit: {args.readme} disagrees with {args.records}/; run: {README_COMMAND}",
+                f"onebit: {args.readme} disagrees with {records}/; run: {README_COMMAND}",
                 file=sys.stderr,
             )
             return 1
@@ -430,26 +551,28 @@ def _report(args: argparse.Namespace) -> int:
         return 0
     if args.check:
         raise OnebitError("--check goes with --readme FILE.")
+    if args.records:
+        raise OnebitError("--records goes with --readme FILE.")
     if not args.runs:
         raise OnebitError("give run folders or a comparison folder (or --readme FILE).")
     run_dirs = find_runs(args.runs)
-    rows = [r for r in (read_run(d) for d in run_dirs) if r is not None]
-    for name in mixed_methods(run_dirs):
-        log.warning("the %s runs differ in more than their seed; their row mixes configs", name)
-    for d in run_dirs:
-        if not (d / "summary.json").is_file():
-            log.warning("%s has not finished; left out of the table", d)
-    if not rows:
-        raise OnebitError("none of the given runs has finished (no summary.json).")
     if args.out:
-        out = Path(args.out)
+        out = check_folder(args.out, "--out")
     else:
         parents = {d.resolve().parent for d in run_dirs}
         if len(parents) > 1:
             raise OnebitError(
                 "the runs live in different folders; say where the report goes with --out."
             )
-        out = run_dirs[0].parent
+        out = check_folder(run_dirs[0].parent, "the report folder")
+    rows = [r for r in (read_run(d) for d in run_dirs) if r is not None]
+    for name in mixed_methods(run_dirs):
+        log.warning("the %s runs differ in more than their seed; their row mixes configs", name)
+    for d in run_dirs:
+        if read_run(d) is None:
+            log.warning("%s has not finished; left out of the table", d)
+    if not rows:
+        raise OnebitError("none of the given runs has finished (no complete summary.json).")
     names = {r["name"] for r in rows}
     doc = write_results(out, rows, names.pop() if len(names) == 1 else out.name, run_dirs,
                         plots=not args.no_plots)  # fmt: skip
@@ -471,9 +594,23 @@ def _data(args: argparse.Namespace) -> int:
 def _pack(args: argparse.Namespace) -> int:
     from onebit.experiments.report import human_bytes
     from onebit.experiments.runs import load_run
+    from onebit.fileio import check_writable
+    from onebit.runtime.format import is_onebit_file
+
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    target = check_writable(args.output or run_dir / "model.onebit")
+    if target.exists() and not is_onebit_file(target):
+        raise OnebitError(
+            f"{target} exists and is not a .onebit model file; onebit pack replaces only its "
+            "own model files, so give another -o."
+        )
+    if args.onnx:
+        onnx_target = check_writable(args.onnx)
+        if onnx_target.resolve() == target.resolve():
+            raise OnebitError("--onnx and -o name the same file; give two files.")
+    cfg, model, _method, state = load_run(args.run, "last" if args.last else "best")
     from onebit.pack import pack
 
-    cfg, model, _method, state = load_run(args.run, "last" if args.last else "best")
     shape = tuple(state["input_shape"])
     if "mean" in state:
         mean, std = state["mean"], state["std"]
@@ -490,8 +627,12 @@ def _pack(args: argparse.Namespace) -> int:
         "epoch": int(state.get("epoch", -1)),
     }
     packed = pack(model, shape, mean=mean, std=std, source=source)
-    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
-    out = packed.save(args.output or run_dir / "model.onebit")
+    pixels = state.get("pixels")
+    if pixels is None and cfg.data.name in ("mnist", "fashion-mnist", "cifar10"):
+        pixels = True  # checkpoints written before onebit stored it: these datasets are pixels
+    if isinstance(pixels, bool):
+        packed.input["pixels"] = pixels
+    out = packed.save(target)
     float_bytes = sum(v.numel() * v.element_size() for v in state["model"].values())
     size = out.stat().st_size
     print(
@@ -501,36 +642,101 @@ def _pack(args: argparse.Namespace) -> int:
     if args.onnx:
         from onebit.export import export_onnx
 
-        export_onnx(model, shape, args.onnx)
+        atomic_write(args.onnx, lambda tmp: export_onnx(model, shape, tmp))
         print(f"wrote {args.onnx}")
     return 0
+
+
+def _training_file_rows(model: object, path: Path, rows: int) -> object | None:
+    """The held-out test rows of ``path`` if it is the npz file (without x_test) the model was
+    trained on: scoring all its rows would score the training rows too."""
+    cfg = getattr(model, "source", {}).get("config", {})
+    data = cfg.get("data", {}) if isinstance(cfg, dict) else {}
+    trained_on = data.get("path") if isinstance(data, dict) and data.get("name") == "npz" else None
+    if not isinstance(trained_on, str):
+        return None
+    try:
+        same = Path(trained_on).expanduser().resolve() == path.resolve()
+    except OSError:
+        return None
+    if not same:
+        return None
+    import numpy as np
+
+    from onebit.data.npz import held_out_rows
+
+    with np.load(path, allow_pickle=False) as z:
+        y = z["y"] if "y" in z.files else None
+    if y is None or len(y) != rows:
+        return None
+    return held_out_rows(y)
 
 
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from onebit.runtime import load, read_inputs
+    from onebit.runtime import load
+    from onebit.runtime.inputs import load_inputs
 
+    if args.batch_size < 1:
+        raise OnebitError(f"--batch-size must be at least 1, got {args.batch_size}.")
     model = load(args.model)
-    x, y = read_inputs(args.inputs)
-    logits = model.predict_raw(x, args.batch_size)
-    pred = logits.argmax(1)
-    for i, p in enumerate(pred):
-        if args.json:
-            print(json.dumps({"index": i, "class": int(p), "logits": logits[i].round(4).tolist()}))
+    got = load_inputs(args.inputs)
+    x, y, parts = got.x, got.y, list(got.parts)
+    if len(got.files) == 1 and got.files[0][1] == "x":
+        p, _, rows = got.files[0]
+        held = _training_file_rows(model, p, rows)
+        if held is not None:
+            if len(held) == 0:
+                raise OnebitError(
+                    f"{p} is the file the model was trained on and holds no test rows; give "
+                    "other inputs."
+                )
+            x, y = x[held], None if y is None else y[held]
+            parts = [
+                f"the {len(held)} held-out test rows of {p.name}, the file the model trained on"
+            ]
         else:
-            print(f"{i}\t{int(p)}")
+            parts = [f"all {rows} rows of x{'/y' if y is not None else ''} in {p.name}"]
+    logits = model.predict_raw(x, args.batch_size)
+    if not np.isfinite(logits).all():
+        raise OnebitError(
+            f"{args.model} computed NaN or infinite outputs; its weights are damaged or the "
+            "inputs are far outside what it was trained on."
+        )
+    classes = logits.shape[1]
+    if y is not None and len(y) and int(y.max()) >= classes:
+        raise OnebitError(
+            f"the labels go up to {int(y.max())} but {args.model} predicts {classes} classes; "
+            "give the labels of its task."
+        )
+    pred = logits.argmax(1)
+    for i, p_ in enumerate(pred):
+        if args.json:
+            print(json.dumps({"index": i, "class": int(p_), "logits": logits[i].round(4).tolist()}))
+        else:
+            print(f"{i}\t{int(p_)}")
+    scored = "; ".join(parts)
     if y is not None:
         acc = float((pred == np.asarray(y).reshape(-1)).mean())
-        print(f"accuracy {acc:.4f} on {len(pred)} inputs", file=sys.stderr)
+        print(f"accuracy {acc:.4f} on {len(pred)} inputs ({scored})", file=sys.stderr)
+    else:
+        print(f"predicted {len(pred)} inputs ({scored}; no labels)", file=sys.stderr)
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
     from onebit.experiments.bench import bench
     from onebit.experiments.report import markdown_table
+    from onebit.fileio import check_writable
     from onebit.runtime import load
 
+    for flag, values in (("--threads", args.threads), ("--batches", args.batches),
+                         ("--repeats", [args.repeats])):  # fmt: skip
+        if any(v < 1 for v in values):
+            raise OnebitError(f"{flag} must be at least 1, got {values}.")
+    if args.out:
+        check_writable(args.out)
     res = bench(load(args.model), args.threads, args.batches, args.repeats)
     rows = [
         {
@@ -558,11 +764,36 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _leave_process_group(code: int) -> None:
+    """Under torchrun, end the process at once after its error sentence: with a peer stopped
+    or gone, gloo's threads would otherwise abort the interpreter's exit (a core dump, and an
+    exit status that hides the sentence)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors are one ``onebit: error:`` sentence like every other."""
+
+    def error(self, message: str) -> NoReturn:
+        text = message.rstrip(".")
+        self.exit(2, f"onebit: error: {text}; see {self.prog} --help.\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``onebit`` console script."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed as one sentence
+        return e.code if isinstance(e.code, int) else 2
+    # under torchrun only the main process reports progress; every process reports errors
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    level = logging.DEBUG if args.verbose else logging.INFO if main_process else logging.WARNING
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=level,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -579,7 +810,11 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args)
     except OnebitError as e:
         print(f"onebit: error: {e}", file=sys.stderr)
+        _leave_process_group(2)
         return 2
+    except KeyboardInterrupt:
+        print("onebit: error: interrupted.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from onebit.fileio import atomic_write
 from onebit.gemm import gemm_backend
 from onebit.layers import is_binary_layer, relaxed
 from onebit.methods import Method
+from onebit.probe import first_tensor
 from onebit.schedules import is_partial
 from onebit.settings import default_threads, torch_settings
 
@@ -55,6 +56,7 @@ __all__ = [
     "load_checkpoint",
     "lr_at",
     "make_optimizer",
+    "model_logits",
     "save_checkpoint",
     "seed_everything",
     "squared_hinge",
@@ -167,6 +169,34 @@ class History:
         return out
 
 
+def model_logits(out: Any, y: Tensor) -> Tensor:
+    """The logits in a model's output, with the class dimension where the losses want it (1).
+
+    Accepted: a tensor, a dict or Hugging Face ``ModelOutput`` with ``logits``, a tuple whose
+    first entry is the logits. Sequence outputs ``(N, T, C)`` for targets ``(N, T)`` (Hugging
+    Face's layout) become ``(N, C, T)`` (PyTorch's, which onebit's own models return).
+
+    Raises:
+        OnebitError: the output holds no tensor, or its shape fits the targets in no layout.
+    """
+    logits = first_tensor(out)
+    if logits is None:
+        raise OnebitError(
+            f"the model returned {type(out).__name__} without a tensor; return the logits, a "
+            "dict or ModelOutput with 'logits', or a tuple starting with them."
+        )
+    if logits.dim() == y.dim() + 1 and logits.shape[0] == y.shape[0]:
+        if logits.shape[2:] == y.shape[1:]:
+            return logits  # class dimension 1
+        if logits.shape[1:-1] == y.shape[1:]:
+            return logits.movedim(-1, 1)  # class dimension last
+    raise OnebitError(
+        f"the model's output has shape {tuple(logits.shape)}, which does not fit targets of "
+        f"shape {tuple(y.shape)}: expected (N, classes) or, for sequences, (N, classes, T) or "
+        "(N, T, classes)."
+    )
+
+
 def squared_hinge(logits: Tensor, y: Tensor) -> Tensor:
     """Squared hinge loss of BinaryConnect/LAB: ``mean(max(0, 1 - t * logits)^2)``, ``t = ±1`` one-hot."""
     t = F.one_hot(y, logits.shape[1]).to(logits.dtype).mul_(2).sub_(1)
@@ -182,6 +212,84 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 SCHEDULES = ("constant", "exp", "exp_step", "cosine", "multistep")
 PER_STEP_SCHEDULES = frozenset({"exp_step"})
 """Schedules whose rate changes every optimizer step, not once per epoch."""
+OPTIMIZERS = ("adam", "sgd")
+
+
+def _bad(key: str, value: Any, accepted: str) -> OnebitError:
+    return OnebitError(f"train.{key} = {value!r} is not accepted; give {accepted}.")
+
+
+def check_recipe(cfg: TrainConfig) -> None:
+    """Raise one OnebitError sentence for a recipe that cannot train: epochs or batch sizes
+    below 1, a learning rate (or ``lr_final``, ``gamma``, ``momentum``, ``weight_decay``,
+    ``grad_clip``) that is NaN, infinite or out of range, an unknown optimizer, loss or schedule.
+    ``onebit.train`` and the config reader both call it, before anything is written."""
+
+    def whole(key: str, low: int) -> None:
+        v = getattr(cfg, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise _bad(key, v, f"a whole number >= {low}")
+
+    def real(key: str, ok: Callable[[float], bool], accepted: str, optional: bool = False) -> None:
+        v = getattr(cfg, key)
+        if optional and v is None:
+            return
+        good = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        if not good or not ok(float(v)):
+            raise _bad(key, v, accepted)
+
+    whole("epochs", 1)
+    whole("batch_size", 1)
+    whole("eval_batch_size", 1)
+    whole("seed", 0)
+    whole("threads", 0)
+    real("lr", lambda v: v > 0, "a finite learning rate > 0")
+    if cfg.schedule in ("exp", "exp_step"):
+        real("lr_final", lambda v: v > 0, "a finite rate > 0 for an exp schedule, or none", True)
+    else:
+        real("lr_final", lambda v: v >= 0, "a finite rate >= 0, or none", True)
+    real("gamma", lambda v: v > 0, "a finite factor > 0")
+    real("momentum", lambda v: 0 <= v < 1, "a finite momentum in [0, 1)")
+    real("weight_decay", lambda v: v >= 0, "a finite weight decay >= 0")
+    real("grad_clip", lambda v: v > 0, "a finite gradient norm > 0, or none", True)
+    if not isinstance(cfg.milestones, list | tuple) or not all(
+        isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in cfg.milestones
+    ):
+        raise _bad("milestones", cfg.milestones, "a list of epochs, whole numbers >= 0")
+    for key, allowed in (
+        ("optimizer", OPTIMIZERS),
+        ("loss", tuple(LOSSES)),
+        ("schedule", SCHEDULES),
+    ):
+        if getattr(cfg, key) not in allowed:
+            raise _bad(key, getattr(cfg, key), "one of " + ", ".join(allowed))
+
+
+def _check_finite(loss: float, epoch: int, cfg: TrainConfig) -> None:
+    """A NaN or infinite training loss ends the run with one sentence (before the epoch is
+    saved, so ``last.pt`` keeps the last finite epoch) instead of training on garbage."""
+    if not math.isfinite(loss):
+        raise OnebitError(
+            f"training diverged in epoch {epoch + 1}: the training loss is {loss}; lower "
+            f"train.lr (now {cfg.lr:g}) or check the data for NaN or Inf values."
+        )
+
+
+class _dist_errors:  # a context manager, named like the function it reads as
+    """Turn a failed collective under torchrun (a timeout, a lost process) into one sentence."""
+
+    def __init__(self, dist_: Any) -> None:
+        self.dist = dist_
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, tp: Any, e: BaseException | None, tb: Any) -> bool:
+        if e is None or self.dist.world_size <= 1 or isinstance(e, OnebitError):
+            return False
+        if isinstance(e, RuntimeError) and _is_dist_failure(e):
+            raise OnebitError(_dist_failure(e, self.dist.rank, self.dist.world_size)) from None
+        return False
 
 
 def lr_at(epoch: int, cfg: TrainConfig, frac: float = 0.0) -> float:
@@ -257,15 +365,83 @@ class _Dist:
         return self.rank == 0
 
 
+DIST_TIMEOUT_ENV = "ONEBIT_DIST_TIMEOUT"
+DIST_TIMEOUT_DEFAULT = 300.0
+"""Seconds a process waits for the others at a collective (gloo's own default is 30 minutes)."""
+
+
+def dist_timeout() -> float:
+    """The collective timeout under torchrun: ``$ONEBIT_DIST_TIMEOUT`` seconds (default 300)."""
+    text = os.environ.get(DIST_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DIST_TIMEOUT_DEFAULT
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise OnebitError(
+            f"{DIST_TIMEOUT_ENV} = {text!r} is not accepted; give the seconds a process waits "
+            "for the others, a number > 0."
+        )
+    return value
+
+
 def _init_distributed() -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Dist()
+    import datetime
+
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        timeout = datetime.timedelta(seconds=dist_timeout())
+        try:
+            dist.init_process_group(
+                "nccl" if torch.cuda.is_available() else "gloo", timeout=timeout
+            )
+        except (RuntimeError, ValueError) as e:
+            raise OnebitError(_dist_failure(e, int(os.environ.get("RANK", "0")), world)) from None
     return _Dist(dist.get_rank(), dist.get_world_size())
+
+
+def _dist_failure(e: BaseException, rank: int, world: int) -> str:
+    """One sentence for a failed collective (a timeout, a lost peer) of process ``rank``."""
+    text = str(e).lower()
+    if "timed out" in text or "timeout" in text:
+        what = f"waited more than {dist_timeout():g} s ({DIST_TIMEOUT_ENV}) for the others"
+    else:
+        what = f"lost contact with the others ({str(e).splitlines()[0][:120]})"
+    return (
+        f"process {rank} of {world} {what}; another process stopped or died (see its output), "
+        "so this one stops too."
+    )
+
+
+def _is_dist_failure(e: BaseException) -> bool:
+    """Whether ``e`` comes from torch.distributed's collectives or store (not from the model)."""
+    import torch.distributed as dist
+
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e).lower()
+    return any(
+        k in text for k in ("gloo", "nccl", "timed out", "connection closed", "reset by peer")
+    )
+
+
+def _reduce_sum(values: list[float | Tensor], dist_: _Dist) -> list[float]:
+    """``values`` summed over the processes (as float64; unchanged with one process)."""
+    if dist_.world_size <= 1:
+        return [float(v) for v in values]
+    import torch.distributed as dist
+
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return t.cpu().tolist()
 
 
 def seed_everything(seed: int) -> None:
@@ -297,7 +473,7 @@ def evaluate(
         for x, y in batches(
             split, batch_size, mean=data.mean, std=data.std, channels_last=channels_last
         ):
-            out = model(x)
+            out = model_logits(model(x), y)
             total += loss_fn(out, y).item() * y.numel()  # per token for sequence targets
             correct += (out.argmax(1) == y).sum().item()
             n += y.numel()
@@ -466,11 +642,11 @@ def _train_epoch(run: _Run, epoch: int, lr: float) -> tuple[float, dict[str, Any
         if per_step:
             lr = lr_at(epoch, cfg, i / steps)
             _set_lr(opt, lr)
-        logits = run.net(x)
+        logits = model_logits(run.net(x), y)
         teacher_logits = None
         if run.teacher is not None:
             with torch.no_grad():
-                teacher_logits = run.teacher(x)
+                teacher_logits = model_logits(run.teacher(x), y)
         loss = method.training_loss(logits, y, loss_fn(logits, y), teacher_logits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -482,6 +658,12 @@ def _train_epoch(run: _Run, epoch: int, lr: float) -> tuple[float, dict[str, Any
         tot_loss += loss.detach() * y.numel()  # y.numel(): tokens, for sequence targets
         tot_correct += (logits.detach().argmax(1) == y).sum()
         seen += y.numel()
+    if run.dist.world_size > 1:  # every process's shard counts, not the main process's alone
+        loss_sum, correct, seen_all = _reduce_sum([tot_loss, tot_correct, seen], run.dist)
+        return lr, {
+            "train_loss": loss_sum / max(seen_all, 1),
+            "train_acc": correct / max(seen_all, 1),
+        }
     return lr, {
         "train_loss": tot_loss.item() / max(seen, 1),
         "train_acc": tot_correct.item() / max(seen, 1),
@@ -566,6 +748,7 @@ def train(
     torch's threads and determinism flags hold for the run and are restored afterwards
     (:func:`onebit.settings.torch_settings`), as is the CPU GEMM mode of ``cfg.gemm``.
     """
+    check_recipe(cfg)
     dist = _init_distributed()
     if cfg.batch_size % dist.world_size:
         raise OnebitError(
@@ -573,7 +756,8 @@ def train(
         )
     deterministic = True if cfg.deterministic else None
     with torch_settings(threads=_threads(cfg, dist), deterministic=deterministic):
-        run = _setup(model, method, data, cfg, dist, run_dir, resume, teacher)
+        with _dist_errors(dist):  # DDP's first broadcast
+            run = _setup(model, method, data, cfg, dist, run_dir, resume, teacher)
         run.extra_state, run.progress = dict(extra_state or {}), progress
         # the kernel of the linear layers' products (onebit.gemm); torch.compile keeps torch's own
         gemm = "torch" if cfg.compile else cfg.gemm
@@ -586,7 +770,9 @@ def train(
                 _set_lr(run.opt, lr)
                 method.on_epoch_start(model, epoch, cfg.epochs)
                 signs_before = weight_signs(model)
-                lr, trained = _train_epoch(run, epoch, lr)
+                with _dist_errors(dist):
+                    lr, trained = _train_epoch(run, epoch, lr)
+                _check_finite(trained["train_loss"], epoch, cfg)
                 train_seconds = time.perf_counter() - t0
                 main, extra = _evaluate_epoch(run)
                 rec = {
@@ -602,7 +788,7 @@ def train(
                     **diagnostics(model, signs_before),
                 }
                 run.history.epochs.append(rec)
-                log.info(
+                (log.info if dist.main else log.debug)(  # one process reports
                     "epoch %d/%d  loss %.4f  train %.4f  val %.4f  test %.4f  (%.1fs)",
                     epoch + 1, cfg.epochs, rec["train_loss"], rec["train_acc"],
                     rec["val_acc"], rec["test_acc"], rec["seconds"],

@@ -214,6 +214,7 @@ def test_binary_weight_conv_float_gemm_path_matches(monkeypatch):
     with torch.no_grad():
         ref = model(x).numpy()
     packed = pack(model, (3, 16, 16))
+    monkeypatch.setattr(rt, "DIRECT_MAX_COLS", 0)  # not the direct conv (tests/test_runtime_paths.py)
     monkeypatch.setattr(rt, "FLOAT_GEMM_MAX_COLS", 0)  # every conv through the kernel
     kernel = packed(x.numpy())
     assert not any(key[1] == "pm1" for key in packed.cache)

@@ -146,11 +146,12 @@ def subsample(data: Dataset, max_train: int | None = None, max_val: int | None =
 
 def _split_off_val(train: Split, val_size: int) -> tuple[Split, Split]:
     if val_size < 0:
-        raise OnebitError(f"val_size is {val_size}; pass 0 or a positive number of examples.")
+        raise OnebitError(f"data.val_size is {val_size}; pass 0 or a positive number of examples.")
     n = len(train)
     if val_size >= n:
         raise OnebitError(
-            f"val_size={val_size} leaves no training examples out of {n}; pass a smaller val_size."
+            f"data.val_size = {val_size} leaves none of the {n} training examples to train on; "
+            f"pass a smaller data.val_size (e.g. {n // 10})."
         )
     cut = n - val_size
     return Split(train.x[:cut], train.y[:cut]), Split(train.x[cut:], train.y[cut:])

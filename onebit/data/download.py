@@ -21,7 +21,7 @@ from onebit.data.datasets import PathLike, _check_name
 from onebit.data.find import _FOLDERS, user_cache_dir
 from onebit.data.text import _TEXT_FILES
 from onebit.errors import OnebitError
-from onebit.fileio import atomic_write
+from onebit.fileio import atomic_write, make_folder
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _gz_sha256(path: Path) -> str:
 
 def _fetch(url: str, dest: Path, progress: bool) -> str:
     """Download ``url`` to ``dest`` atomically; return the md5 of what was downloaded."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(dest.parent, "the data folder")
     md5 = hashlib.md5()
     logger.info("downloading %s to %s", url, dest)
 
@@ -182,7 +182,7 @@ def download(name: str, root: PathLike | None = None, *, progress: bool = False)
             f"<data root>/linux-kernel/{_TEXT_FILES[0]}."
         )
     base = Path(root).expanduser() if root is not None else user_cache_dir() / "data"
-    base.mkdir(parents=True, exist_ok=True)
+    make_folder(base, "--root")
     if name == "cifar10":
         return _download_cifar10(base, progress)
     folder = base / _FOLDERS[name][0]

@@ -32,7 +32,7 @@ def load_dataset(
     name: str,
     root: PathLike | None = None,
     *,
-    val_size: int = 10000,
+    val_size: int | None = 10000,
     path: PathLike | None = None,
     cache_dir: PathLike | None = None,
     progress: bool = False,
@@ -41,14 +41,16 @@ def load_dataset(
     """Load a dataset into memory with train, validation and test splits.
 
     The validation split is the last ``val_size`` examples of the training file (deterministic;
-    the classic 50k/10k split for MNIST). For a class-folder image copy the examples are in the
+    the classic 50k/10k split for MNIST; for an npz file grouped by class, of a fixed
+    class-stratified shuffle of it, see :mod:`onebit.data.npz`). For a class-folder image copy the examples are in the
     interleaved order of :func:`load_image_folder`, so the validation split covers every class.
     ``val_size=0`` gives an empty validation split.
 
     Args:
         name: One of :data:`DATASETS`.
         root: A data root to search first (see :func:`find_root`), or for ``"npz"`` the file.
-        val_size: Number of training examples held out for validation.
+        val_size: Number of training examples held out for validation (None: 10,000, and a
+            tenth of the training examples for ``"npz"``).
         path: For ``"npz"``: the ``.npz`` file with ``x``, ``y`` and optionally ``x_test``,
             ``y_test`` (without them the last 10% is held out as test before the validation split).
         cache_dir: Cache folder for decoded images (class-folder CIFAR-10 copies).
@@ -67,6 +69,8 @@ def load_dataset(
     if name in TEXT_DATASETS:
         return _load_text(name, root, path, seq_len)
     train_full, test, classes, source = _read_splits(name, root, path, cache_dir, progress)
+    if val_size is None:
+        val_size = len(train_full) // 10 if name == "npz" else 10000
     train, val = _split_off_val(train_full, val_size)
 
     if name == "npz":

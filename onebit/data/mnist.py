@@ -34,6 +34,11 @@ def _load_idx_dataset(name: str, folder: Path) -> tuple[Split, Split]:
                 f"The {name} {part} files in {folder} hold images of shape {images.shape} and "
                 f"labels of shape {labels.shape}; replace them with the original files."
             )
+        if labels.size and (labels.min() < 0 or labels.max() > 9):
+            raise OnebitError(
+                f"The {name} {part} labels in {folder} hold classes outside 0..9; replace the "
+                "files with the original ones."
+            )
         x = torch.from_numpy(images.astype(np.uint8, copy=False)).unsqueeze(1)
         splits.append(Split(x, torch.from_numpy(labels.astype(np.int64))))
     return splits[0], splits[1]

@@ -60,6 +60,7 @@ from onebit.experiments import sensitivity
 from onebit.experiments.config import Config, build_method
 from onebit.experiments.grid import Job, Stage, execute, job_state, plain, worker_threads
 from onebit.experiments.report import read_run, write_results
+from onebit.fileio import folder_lock, remove_stale_temps
 from onebit.methods import method_preset
 
 __all__ = ["STAGES", "Comparison", "Job", "compare", "method_config", "plan"]
@@ -205,11 +206,30 @@ def compare(
         others, and running the same comparison again retries them).
 
     Raises:
-        OnebitError: bad methods or seeds, ``workers < 1``, or a run folder of another config.
+        OnebitError: bad methods or seeds, ``workers < 1``, a run folder of another config, or
+            another process comparing into the same folder (``<out>/<name>`` is locked while a
+            comparison runs).
     """
     if workers < 1:
         raise OnebitError(f"--workers must be at least 1, got {workers}.")
-    checked = [job_state(j) for j in plan(cfg, methods, seeds)]  # every folder, before any training
+    jobs = plan(cfg, methods, seeds)
+    for j in jobs:  # a folder of another config is refused before anything is made
+        job_state(j)
+    folder = Path(cfg.out) / cfg.name
+    # one comparison at a time writes a grid folder: a second gets one sentence, not shared runs
+    with folder_lock(folder, "give another --out"):
+        remove_stale_temps(folder)  # run folders that killed processes were making
+        return _compare(cfg, jobs, workers, plots, on_plan)
+
+
+def _compare(
+    cfg: Config,
+    planned: list[Job],
+    workers: int,
+    plots: bool,
+    on_plan: Callable[[list[Job]], None] | None,
+) -> Comparison:
+    checked = [job_state(j) for j in planned]  # every folder, before any training
     jobs = [j for _, j in checked]
     states = {j.key: state for state, j in checked}
     if on_plan is not None:

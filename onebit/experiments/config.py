@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import tomllib
 import types
 import typing
@@ -25,12 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onebit.data import DATASETS
 from onebit.errors import OnebitError
 from onebit.gemm import BACKENDS
 from onebit.methods import Method, method_preset
 from onebit.methods import build_method as _build_method
 from onebit.models import MODELS, model_options
-from onebit.training import LOSSES, SCHEDULES, TrainConfig
+from onebit.training import LOSSES, SCHEDULES, TrainConfig, check_recipe
 
 __all__ = [
     "Config",
@@ -52,8 +54,11 @@ class DataConfig:
         name: mnist, fashion-mnist, cifar10, npz, linux-kernel or text (character-level).
         root: data folder (default: ONEBIT_DATA, then the usual places).
         path: the .npz file for ``name = "npz"``, the text file for ``name = "text"``.
-        val_size: validation examples held out from the end of the training set (image and npz
-            data; text splits 80/10/10 by position).
+        val_size: validation examples held out of the training set (image and npz data; text
+            splits 80/10/10 by position). None: 10,000 (the classic split of MNIST, Fashion-MNIST
+            and CIFAR-10; a config read back says 10000), and for npz a tenth of the training
+            examples. MNIST-style files are split by position; npz files by a fixed,
+            class-stratified shuffle (a class-sorted file still gets every class in each split).
         augment: random crop + flip in training (None: the dataset's default, on for CIFAR).
         seq_len: characters per sequence, for text.
         max_train: train on at most this many training examples, evenly spaced over the
@@ -67,12 +72,16 @@ class DataConfig:
     name: str = "fashion-mnist"
     root: str | None = None
     path: str | None = None
-    val_size: int = 10000
+    val_size: int | None = None
     augment: bool | None = None
     seq_len: int = 100
     max_train: int | None = None
     max_val: int | None = None
     normalize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.val_size is None and self.name != "npz":
+            self.val_size = 10000  # the classic split, spelled out as configs always said it
 
 
 @dataclass
@@ -149,6 +158,9 @@ class Config:
                 raise OnebitError(
                     f"{section}.{key} = {value!r} is not accepted; choose one of {', '.join(allowed)}."
                 )
+        check_recipe(cfg.train)
+        _check_data(cfg.data)
+        _check_place(cfg)
         return cfg
 
 
@@ -207,7 +219,18 @@ def _dataclass_from(cls: type, values: dict[str, Any], section: str) -> Any:
     return cls(**out)
 
 
+# Ranges of the models' float options (every int option is a size: a whole number >= 1).
+MODEL_FLOAT_RANGES: dict[str, tuple[str, Any]] = {
+    "dropout": ("a fraction in [0, 1)", lambda v: 0 <= v < 1),
+    "bn_eps": ("a number > 0", lambda v: v > 0),
+    "bn_momentum": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
+    "mlp_ratio": ("a number > 0", lambda v: v > 0),
+}
+
+
 def _check_model_options(model: ModelConfig) -> None:
+    if model.name not in MODELS:
+        raise OnebitError(f"unknown model {model.name!r}; accepted: {', '.join(MODELS)}.")
     accepted = model_options(model.name)
     hints = typing.get_type_hints(MODELS[model.name])
     for k, v in model.options.items():
@@ -217,6 +240,56 @@ def _check_model_options(model: ModelConfig) -> None:
                 f"name, {', '.join(accepted)}."
             )
         model.options[k] = _check(f"model.{k}", v, hints.get(k, Any))
+        _check_model_value(f"model.{k}", model.options[k])
+
+
+def _check_model_value(key: str, v: Any) -> None:
+    """Sizes are whole numbers >= 1 (``hidden = [0]`` builds a net that cannot train); floats
+    are finite and, where the option has a range, inside it."""
+    items = v if isinstance(v, list | tuple) else [v]
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            continue
+        if isinstance(item, int) and item < 1:
+            raise OnebitError(f"{key} = {v!r} is not accepted; give sizes >= 1 (whole numbers).")
+        if isinstance(item, float):
+            name = key.rsplit(".", 1)[-1]
+            accepted, ok = MODEL_FLOAT_RANGES.get(name, ("a finite number", lambda x: True))
+            if not math.isfinite(item) or not ok(item):
+                raise OnebitError(f"{key} = {v!r} is not accepted; give {accepted}.")
+
+
+def _check_data(d: DataConfig) -> None:
+    """The ``[data]`` values that no dataset accepts, before anything is read or written."""
+    if d.name not in DATASETS:
+        raise OnebitError(f"unknown dataset {d.name!r}; choose one of {', '.join(DATASETS)}.")
+    if d.val_size is not None and d.val_size < 0:
+        raise OnebitError(
+            f"data.val_size = {d.val_size} is not accepted; give 0 or a number of examples."
+        )
+    for key in ("max_train", "max_val"):
+        v = getattr(d, key)
+        if v is not None and v < 1:
+            raise OnebitError(
+                f"data.{key} = {v} is not accepted; give a number of examples >= 1, or none."
+            )
+    if d.seq_len < 1:
+        raise OnebitError(f"data.seq_len = {d.seq_len} is not accepted; give a length >= 1.")
+    for key in ("root", "path"):
+        v = getattr(d, key)
+        if v is not None and not v.strip():
+            raise OnebitError(f"data.{key} is empty; give a path, or leave the key out.")
+
+
+def _check_place(cfg: Config) -> None:
+    """``name`` becomes a folder name under ``out``: no path separators, no leading dot."""
+    if not cfg.name.strip() or cfg.name.startswith(".") or any(c in cfg.name for c in "/\\\0"):
+        raise OnebitError(
+            f"name = {cfg.name!r} is not accepted; give a folder name without '/' that does "
+            "not start with '.' (it names the runs' folder under out)."
+        )
+    if not cfg.out.strip():
+        raise OnebitError("out is empty; give the folder runs are written to (default: runs).")
 
 
 def build_method(mc: MethodConfig) -> Method:
@@ -273,6 +346,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     d: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise OnebitError(f"config file {p} is a folder; give a .toml file.")
         if not p.is_file():
             raise OnebitError(f"config file {p} does not exist.")
         try:

@@ -28,6 +28,7 @@ from typing import Any
 
 from onebit.errors import OnebitError
 from onebit.experiments.config import Config, saved_config
+from onebit.experiments.report import finished_summary
 from onebit.settings import default_threads, set_process_threads, torch_settings
 
 __all__ = ["Job", "Stage", "data_key", "execute", "job_state", "plain", "worker_threads"]
@@ -117,12 +118,7 @@ def job_state(job: Job) -> tuple[str, Job]:
             f"{d} holds a run of another config (changed --set or config file?); "
             "use another --out, or delete that folder to retrain it."
         )
-    try:
-        summary = json.loads((d / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = {}
-    # train() writes a bare summary before run() adds method, seed and size: not finished yet
-    if "method" in summary and "size_bytes" in summary:
+    if finished_summary(d) is not None:
         return "done", job
     return "resume", job
 

@@ -28,11 +28,12 @@ from onebit.experiments.report import (
     summarize,
     table_columns,
 )
-from onebit.fileio import atomic_write
+from onebit.fileio import atomic_write, check_folder, make_folder
 
 __all__ = [
     "README_END",
     "README_START",
+    "check_record_folder",
     "readme_block",
     "record_rows",
     "update_readme",
@@ -49,6 +50,29 @@ README_COMMAND = "onebit report --readme README.md --records records"
 def _env_line(env: dict[str, Any]) -> str:
     keys = ("commit", "torch", "machine", "threads", "date")
     return ", ".join(f"{k} {env[k]}" for k in keys if k in env)
+
+
+def _copy(src: Path, dest: Path) -> None:
+    """Copy one file through the atomic writer (a killed copy leaves the old file or none)."""
+    try:
+        data = src.read_bytes()
+    except OSError as e:
+        raise OnebitError(f"cannot read {src} ({e.strerror}).") from None
+    atomic_write(dest, data)
+    shutil.copystat(src, dest)
+
+
+def check_record_folder(path: str | Path) -> Path:
+    """``path`` if a record may be made there: a folder that does not exist yet, or is empty
+    (a record is never written over another); one OnebitError sentence otherwise. ``onebit
+    train`` and ``onebit compare`` call it before anything trains."""
+    out = check_folder(path, "--record")
+    if out.is_dir() and any(out.iterdir()):
+        raise OnebitError(
+            f"--record {out} already holds files; give a new folder (a record is never "
+            "written over another)."
+        )
+    return out
 
 
 def write_record(
@@ -75,25 +99,31 @@ def write_record(
 
     Returns:
         The record folder.
+
+    Raises:
+        OnebitError: ``path`` already holds files (:func:`check_record_folder`), or a file
+            cannot be written.
     """
-    out = Path(path)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    out = check_record_folder(path)
+    make_folder(out / "runs", "--record")
     for d in run_dirs:
-        dest = out / "runs" / Path(d).name
-        dest.mkdir(exist_ok=True)
+        dest = make_folder(out / "runs" / Path(d).name, "--record")
         for name in LIGHT_FILES:
             if (Path(d) / name).exists():
-                shutil.copy2(Path(d) / name, dest / name)
+                _copy(Path(d) / name, dest / name)
     atomic_write(out / "results.json", json.dumps(rows, indent=2) + "\n")
     if config_file is not None:
-        shutil.copy2(config_file, out / "config.toml")
+        _copy(Path(config_file), out / "config.toml")
     if report_dir is not None:
         src = Path(report_dir)
         for name in REPORT_FILES:
             if (src / name).is_file():
-                shutil.copy2(src / name, out / name)
+                _copy(src / name, out / name)
         if (src / "plots").is_dir():
-            shutil.copytree(src / "plots", out / "plots", dirs_exist_ok=True)
+            plots = make_folder(out / "plots", "--record")
+            for f in sorted((src / "plots").iterdir()):
+                if f.is_file() and not f.name.startswith("."):
+                    _copy(f, plots / f.name)
     command = "onebit " + shlex.join(argv)
     atomic_write(out / "command.sh", f"#!/bin/sh\n# remakes this record\n{command}\n")
     os.chmod(out / "command.sh", 0o755)
@@ -213,11 +243,23 @@ def update_readme(readme: str | Path, records: str | Path, check: bool = False) 
         True when the README differs from the records (and, without ``check``, was rewritten).
 
     Raises:
-        OnebitError: the README is missing or lacks the two markers.
+        OnebitError: the README is missing or lacks the two markers, or ``records`` is missing
+            or holds no record (the table would be emptied: it is left as it is).
     """
     path = Path(readme)
     if not path.is_file():
-        raise OnebitError(f"{path} does not exist.")
+        raise OnebitError(f"{path} does not exist; give --readme the README file to update.")
+    root = Path(records)
+    if not root.is_dir():
+        raise OnebitError(
+            f"records folder {root} does not exist; give --records the folder of the records "
+            "the README quotes (the README is left as it is)."
+        )
+    if not any((d / "results.json").is_file() for d in root.iterdir()):
+        raise OnebitError(
+            f"{root} holds no records (no <record>/results.json); the README's results table "
+            "is left as it is."
+        )
     text = path.read_text()
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < start:

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from onebit.errors import OnebitError
-from onebit.fileio import atomic_write
+from onebit.fileio import atomic_write, make_folder
 from onebit.schedules import read_ranking
 
 __all__ = [
     "COMPARE_COLUMNS",
     "find_runs",
+    "finished_summary",
     "format_table",
     "human_bytes",
     "human_seconds",
@@ -119,7 +120,26 @@ COMPARE_COLUMNS = [
 
 
 def _is_run_dir(p: Path) -> bool:
-    return (p / "config.json").is_file()
+    # a folder being made (or left by a killed process) has a temporary, dotted name
+    return not p.name.startswith(".") and (p / "config.json").is_file()
+
+
+def finished_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """The ``summary.json`` of a finished run, or None: a run counts as finished only once
+    ``onebit.experiments.runs`` wrote its whole summary (method, seed, accuracies and size),
+    so a folder of a run that failed, was killed or is still training is never a seed of a
+    table."""
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    keys = ("method", "seed", "test_acc_best_val", "test_acc_last", "epochs", "size_bytes")
+    if not isinstance(doc, dict) or not all(k in doc for k in keys):
+        return None
+    return doc
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
@@ -173,12 +193,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 def read_run(run_dir: str | Path) -> dict[str, Any] | None:
     """One finished run's row: ``run`` (folder name), method, seed, name, and its summary.
 
-    Returns None for a run that has not finished (no ``summary.json`` yet).
+    Returns None for a run that has not finished (no complete ``summary.json`` yet, see
+    :func:`finished_summary`).
     """
     d = Path(run_dir)
-    if not (d / "summary.json").is_file():
+    summary = finished_summary(d)
+    if summary is None:
         return None
-    summary = read_json(d / "summary.json")
     cfg = read_json(d / "config.json") if (d / "config.json").is_file() else {}
     method = summary.get("method", cfg.get("method", {}).get("name", "?"))
     seed = summary.get("seed", cfg.get("train", {}).get("seed", 0))
@@ -416,8 +437,7 @@ def write_results(
     Returns:
         The ``results.json`` document, with ``plots`` (relative paths of the PNG files) added.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir, "the report folder")
     doc = results_doc(rows, name)
     made: list[Path] = []
     if plots and run_dirs:
@@ -522,8 +542,7 @@ def make_plots(run_dirs: Sequence[Path], out_dir: str | Path) -> list[Path]:
     except ImportError:
         log.warning("matplotlib is not installed; no plots (pip install 'onebit[plots]')")
         return []
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir, "the plots folder")
     rows = [r for r in (read_run(d) or _unfinished_row(d) for d in run_dirs) if r is not None]
     colors = plots.method_colors(list(dict.fromkeys(r["method"] for r in sort_rows(rows))))
     made: list[Path | None] = [

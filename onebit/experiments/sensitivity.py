@@ -34,7 +34,7 @@ import torch
 from onebit.errors import OnebitError
 from onebit.experiments.config import Config, MethodConfig
 from onebit.experiments.grid import Job, Stage, data_key, execute, job_state, plain, worker_threads
-from onebit.fileio import atomic_write
+from onebit.fileio import atomic_write, folder_lock, make_folder
 from onebit.schedules import Ranking, auto_epochs_per_layer, schedulable_layers, write_ranking
 
 __all__ = [
@@ -175,7 +175,7 @@ def run_stages(
     todo: list[tuple[Config, Path]] = []
     for cfg, d in stages:
         if stage_state(cfg, d) != "done":
-            d.mkdir(parents=True, exist_ok=True)
+            make_folder(d, "--out")
             atomic_write(d / STAGE_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")
             todo.append((cfg, d))
     if todo:
@@ -213,13 +213,20 @@ def sensitivity(
 ) -> list[Path]:
     """``onebit sensitivity``: the ranking of ``cfg`` for each seed (default: the config's), in
     ``<out>/<name>/sensitivity-s<seed>/``; returns the ranking files."""
+    if workers < 1:
+        raise OnebitError(f"--workers must be at least 1, got {workers}.")
+    seeds = list(seeds) if seeds else [cfg.train.seed]
+    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise OnebitError(f"--seeds expects distinct non-negative integers, got {seeds}.")
     stages = []
-    for seed in seeds if seeds else [cfg.train.seed]:
+    for seed in seeds:
         c = copy.deepcopy(cfg)
         c.train.seed = seed
         sc = stage_config(c)
         stages.append((sc, stage_dir(sc)))
-    return run_stages(stages, data, workers)
+    # the same folder as onebit compare's grid: one process at a time
+    with folder_lock(Path(cfg.out) / cfg.name, "give another --out"):
+        return run_stages(stages, data, workers)
 
 
 STAGE = Stage("sensitivity", stage_config, output_path, stage_state, run_stage)

@@ -80,6 +80,11 @@ class PackedModel:
             profile: when given, seconds spent per op are added to it (a per-layer breakdown).
         """
         xa = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+        shape = tuple(self.input.get("shape", ()))
+        if shape and tuple(xa.shape[1:]) != shape:
+            raise OnebitError(
+                f"inputs have shape {tuple(xa.shape[1:])} per example; the model expects {shape}."
+            )
         if xa.ndim == 4:
             xa = np.ascontiguousarray(xa.transpose(0, 2, 3, 1))  # NCHW -> NHWC
         with serial_blas():
@@ -113,16 +118,30 @@ class PackedModel:
                 return np.ascontiguousarray(env[op.inputs[0]])
             own = op.name in in_place and env[op.inputs[0]].dtype == np.float32
             fn = OPS_INPLACE[op.op] if own else OPS[op.op]
-            y = fn(self, op, *(env[i] for i in op.inputs))
+            try:
+                y = fn(self, op, *(env[i] for i in op.inputs))
+            except (ValueError, IndexError, KeyError, TypeError) as e:
+                # files are checked on load (onebit.runtime.schema); this is for graphs built
+                # in memory that do not fit their inputs
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise OnebitError(
+                    f"op {op.name!r} ({op.op}) cannot run on its input ({first[:160]})."
+                ) from None
             env[op.name] = y if op.op in STRIDED_OPS else np.ascontiguousarray(y)
             if profile is not None:
                 profile[op.name] = profile.get(op.name, 0.0) + time.perf_counter() - t0
         raise OnebitError("the packed graph has no output op; the file is damaged.")
 
     def normalize(self, x: npt.ArrayLike) -> Array:
-        """Raw inputs (uint8 in [0, 255] or floats) to the normalized float32 the net expects."""
-        xa = np.asarray(x)
-        xf = xa.astype(np.float32) / 255.0 if xa.dtype == np.uint8 else xa.astype(np.float32)
+        """Raw inputs to the normalized float32 the net expects.
+
+        Integer inputs (any integer dtype) are pixels 0..255 and are divided by 255, as in
+        training, unless the model says it was trained on float inputs (``pixels: false`` in
+        its input spec: numbers are then fed as they are). Float inputs are used as they are;
+        for a pixel model they must lie in [0, 1] (that is, ``x / 255``). NaN and infinite
+        values, integers outside 0..255 and non-numbers are refused with one sentence.
+        """
+        xf = _raw_inputs(np.asarray(x), self.input.get("pixels"))
         shape = tuple(self.input["shape"])
         if xf.shape == shape:  # one example
             xf = xf[None]
@@ -140,7 +159,11 @@ class PackedModel:
 
     def predict_raw(self, x: npt.ArrayLike, batch_size: int = 256) -> Array:
         """Logits for raw inputs, in batches."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise OnebitError(f"the batch size {batch_size!r} is not accepted; give a number >= 1.")
         xn = self.normalize(x)
+        if len(xn) == 0:
+            raise OnebitError("the inputs hold no examples; give at least one.")
         return np.concatenate([self(xn[i : i + batch_size]) for i in range(0, len(xn), batch_size)])
 
     def nbytes(self) -> int:
@@ -154,6 +177,38 @@ class PackedModel:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the ``.onebit`` file atomically (temporary file, then rename)."""
         return fmt.write(path, self.ops, self.tensors, self.input, self.source)
+
+
+def _raw_inputs(xa: Array, pixels: bool | None) -> Array:
+    """float32 inputs from raw ones (see :meth:`PackedModel.normalize`)."""
+    kind = xa.dtype.kind
+    if kind not in "biuf":
+        raise OnebitError(
+            f"inputs have dtype {xa.dtype}; give numbers: integer pixels 0..255 or floats."
+        )
+    if kind in "iu":
+        if pixels is False:  # a model of float inputs: numbers as they are
+            return xa.astype(np.float32)
+        if xa.size and (xa.min() < 0 or xa.max() > 255):
+            raise OnebitError(
+                f"inputs hold integers from {xa.min()} to {xa.max()}; integer inputs are pixels "
+                "0..255 (give floats for other values)."
+            )
+        return xa.astype(np.float32) / np.float32(255.0)
+    xf = xa.astype(np.float32)
+    bad = ~np.isfinite(xf)
+    if bad.any():
+        first = int(np.argwhere(bad)[0][0]) if xf.ndim else 0
+        raise OnebitError(
+            f"inputs hold {int(bad.sum())} NaN or infinite values (the first in input {first}); "
+            "give finite numbers."
+        )
+    if pixels is True and xf.size and (xf.min() < 0 or xf.max() > 1):
+        raise OnebitError(
+            f"inputs are floats from {xf.min():g} to {xf.max():g}, but this model reads pixels: "
+            "give integers 0..255, or floats x / 255 in [0, 1]."
+        )
+    return xf
 
 
 def load(path: str | os.PathLike[str]) -> PackedModel:
