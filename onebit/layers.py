@@ -159,7 +159,19 @@ class BinaryLayer:
 
         With a parametrization, the training latent weight is its output (so gradients reach its
         parameters); evaluation and deployment read ``weight``, which it keeps equal.
+
+        Under ``torch.autocast`` the weight is still computed in fp32 (autocast is turned off
+        while it is made: a parametrization's matrix product would otherwise round the latent
+        weight, and a sign taken of it); the layer's product then casts the finished
+        ``alpha * sign(w)``, whose signs stay exact.
         """
+        device_type = self.weight.device.type
+        if torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
+                return self._forward_weight(hard)
+        return self._forward_weight(hard)
+
+    def _forward_weight(self, hard: bool | None) -> Tensor:
         if hard is None:
             hard = not self.training and not self.relaxed
         p = self.parametrization
@@ -470,7 +482,9 @@ def binary_from_float(
 def float_from_binary(m: BinaryLayer) -> nn.Module:
     """The float layer sharing the parameters of binarized layer ``m`` (its original type)."""
     cls = m.__dict__.get("float_type") or next(
-        c for c in type(m).__mro__[1:] if issubclass(c, nn.Module) and not issubclass(c, BinaryLayer)
+        c
+        for c in type(m).__mro__[1:]
+        if issubclass(c, nn.Module) and not issubclass(c, BinaryLayer)
     )
     new = _retype(m, cls)
     for k in ("quantizer", "scale_rule", "act", "binary", "relaxed", "float_type"):

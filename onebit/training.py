@@ -8,10 +8,17 @@ metrics and a checkpoint (model, optimizer, epoch, RNG state, history; ``onebit.
 temporary file renamed over the old one. ``resume=True`` restores all of it, so a killed run
 continues to the same result as an uninterrupted one. Process-wide torch settings (threads,
 determinism, the CPU GEMM mode) hold for the run and are restored when it ends.
+
+The run trains on ``cfg.device`` (:mod:`onebit.devices`): the model, the teacher and the in-memory
+dataset move there for the run (batches and their augmentation are then sliced from device
+tensors, with no per-step copy from the host) and the model and teacher move back to where they
+were when the run ends. ``cfg.precision`` selects ``torch.autocast`` (bf16 or fp16, the latter with
+a gradient scaler); the binarized weights stay ``alpha * sign(w)`` computed in fp32.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -37,6 +44,16 @@ from onebit.checkpoint import (
     set_rng_state,
 )
 from onebit.data import Dataset, Split, batches, num_batches
+from onebit.devices import (
+    PRECISIONS,
+    Precision,
+    check_device_spec,
+    device_name,
+    dist_backend,
+    resolve_device,
+    resolve_precision,
+    to_device,
+)
 from onebit.errors import OnebitError
 from onebit.fileio import atomic_write
 from onebit.gemm import gemm_backend
@@ -52,6 +69,7 @@ __all__ = [
     "SCHEDULES",
     "History",
     "TrainConfig",
+    "TrainStep",
     "evaluate",
     "load_checkpoint",
     "lr_at",
@@ -78,17 +96,31 @@ class TrainConfig:
         lr_final: last-epoch learning rate for ``exp`` and ``cosine`` schedules.
         schedule: ``constant``, ``exp`` (geometric from lr to lr_final, per epoch), ``exp_step``
             (the same decay at every step, reaching lr_final at the end, as Keras), ``cosine``,
-            ``multistep`` (times ``gamma`` at each of ``milestones``).
+            ``multistep`` (times ``gamma`` at each of ``milestones``), ``onecycle`` (per step:
+            up from ``lr / 10`` to ``lr`` over the first ``warmup`` of training, then linearly
+            down to ``lr_final``, default 0; see :func:`lr_at`).
+        warmup: the fraction of training over which ``onecycle`` rises, in [0, 1).
         milestones: epochs at which ``multistep`` multiplies the rate by ``gamma``.
         gamma: the ``multistep`` factor.
         momentum: SGD momentum. nesterov: Nesterov momentum for SGD.
         weight_decay: L2 penalty (SGD) or decoupled decay (AdamW-style is not used: Adam's own).
         loss: ``ce`` (cross-entropy) or ``hinge`` (squared hinge, BinaryConnect/LAB).
+        label_smoothing: cross-entropy against targets smoothed by this much, in [0, 1) (training
+            loss only; evaluation reports the plain cross-entropy).
         grad_clip: clip the gradient norm to this value (None: off).
         seed: seed of initialization, data order and stochastic binarization.
         threads: torch threads per process (0: all cores divided by the number of processes).
         deterministic: ask torch for deterministic algorithms (during the run).
-        compile: wrap the model in ``torch.compile``.
+        device: ``auto`` (CUDA if available, else MPS, else the CPU), ``cpu``, ``cuda``,
+            ``cuda:N`` or ``mps`` (:func:`onebit.devices.resolve_device`; under torchrun each
+            process takes the GPU of its LOCAL_RANK).
+        precision: ``fp32``, ``bf16`` (autocast; on a CPU only where it has AMX or AVX512_BF16)
+            or ``fp16`` (autocast and a gradient scaler; CUDA only). Evaluation runs in it too.
+        compile: wrap the model in ``torch.compile``. Off by default: on this project's CPU it
+            made a full-precision ResNet-20 step 0.87x (fp32) and 0.76x (bf16) as long after a
+            first compilation of 8 to 40 s, but with torch 2.13 inductor fails on onebit's binary
+            conv layers (bc: a LoweringException in convolution_backward), so it is for float
+            models (records/2026-12-07_epoch_time_resnet20).
         gemm: the kernel of the fully connected layers' matrix products on the CPU
             (:mod:`onebit.gemm`): ``torch`` (torch's own), ``onebit`` (the native AVX-512 kernel,
             which then also takes the run's threads while torch's other ops run on one), or
@@ -96,7 +128,11 @@ class TrainConfig:
             normalization layers, and only where a short measurement on this machine, cached,
             found the kernel faster than torch's; ``torch`` otherwise, and always under
             ``compile``).
-        channels_last: use the channels-last memory format for conv nets.
+        channels_last: use the channels-last memory format for conv nets (models with a
+            ``Conv2d``; others ignore it). On by default, on every device and precision: a
+            ResNet-20 step took 0.78x (fp32) and 0.83x (bf16) the time of NCHW on this project's
+            CPU (benchmarks/bench_epoch_time.py), and it is the layout cuDNN's bf16/fp16
+            convolutions prefer.
         eval_batch_size: batch size of evaluation.
         tensorboard: also write TensorBoard event files into the run folder (needs tensorboard).
     """
@@ -117,6 +153,10 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     deterministic: bool = True
+    device: str = "auto"
+    precision: str = "fp32"
+    label_smoothing: float = 0.0
+    warmup: float = 0.0
     compile: bool = False
     gemm: str = "auto"
     channels_last: bool = True
@@ -209,8 +249,8 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
-SCHEDULES = ("constant", "exp", "exp_step", "cosine", "multistep")
-PER_STEP_SCHEDULES = frozenset({"exp_step"})
+SCHEDULES = ("constant", "exp", "exp_step", "cosine", "multistep", "onecycle")
+PER_STEP_SCHEDULES = frozenset({"exp_step", "onecycle"})
 """Schedules whose rate changes every optimizer step, not once per epoch."""
 OPTIMIZERS = ("adam", "sgd")
 
@@ -252,6 +292,11 @@ def check_recipe(cfg: TrainConfig) -> None:
     real("momentum", lambda v: 0 <= v < 1, "a finite momentum in [0, 1)")
     real("weight_decay", lambda v: v >= 0, "a finite weight decay >= 0")
     real("grad_clip", lambda v: v > 0, "a finite gradient norm > 0, or none", True)
+    real("label_smoothing", lambda v: 0 <= v < 1, "a finite fraction in [0, 1)")
+    real("warmup", lambda v: 0 <= v < 1, "a finite fraction of training in [0, 1)")
+    if cfg.label_smoothing and cfg.loss != "ce":
+        raise _bad("label_smoothing", cfg.label_smoothing, "0 with train.loss = 'hinge'")
+    check_device_spec(cfg.device)
     if not isinstance(cfg.milestones, list | tuple) or not all(
         isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in cfg.milestones
     ):
@@ -260,6 +305,7 @@ def check_recipe(cfg: TrainConfig) -> None:
         ("optimizer", OPTIMIZERS),
         ("loss", tuple(LOSSES)),
         ("schedule", SCHEDULES),
+        ("precision", PRECISIONS),
     ):
         if getattr(cfg, key) not in allowed:
             raise _bad(key, getattr(cfg, key), "one of " + ", ".join(allowed))
@@ -302,7 +348,10 @@ def lr_at(epoch: int, cfg: TrainConfig, frac: float = 0.0) -> float:
     - ``exp_step``: ``lr * (lr_final / lr) ** ((epoch + frac) / epochs)``, the same decay applied
       at every step and reaching lr_final at the end of training, as Keras' ``ExponentialDecay``;
     - ``cosine``: ``lr_final + (lr - lr_final) * (1 + cos(pi * epoch / epochs)) / 2``;
-    - ``multistep``: ``lr * gamma ** (number of milestones <= epoch)``.
+    - ``multistep``: ``lr * gamma ** (number of milestones <= epoch)``;
+    - ``onecycle``: with ``t = (epoch + frac) / epochs`` and ``w = warmup``, linear from
+      ``lr / 10`` at ``t = 0`` to ``lr`` at ``t = w``, then linear to ``lr_final`` (default 0) at
+      ``t = 1`` (Smith & Topin's one cycle with a linear anneal, as fast CIFAR-10 recipes use).
 
     Raises:
         OnebitError: an unknown schedule.
@@ -319,7 +368,18 @@ def lr_at(epoch: int, cfg: TrainConfig, frac: float = 0.0) -> float:
         return final + (cfg.lr - final) * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
     if cfg.schedule == "multistep":
         return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    if cfg.schedule == "onecycle":
+        return _one_cycle((epoch + frac) / max(1, cfg.epochs), cfg.lr, final, cfg.warmup)
     raise OnebitError(f"unknown train.schedule {cfg.schedule!r}; accepted: {', '.join(SCHEDULES)}.")
+
+
+def _one_cycle(t: float, peak: float, final: float, warmup: float) -> float:
+    """The one-cycle rate at training progress ``t`` in [0, 1]: up from ``peak / 10``, down to
+    ``final``."""
+    start = peak / 10
+    if t < warmup:
+        return start + (peak - start) * t / warmup
+    return peak + (final - peak) * (t - warmup) / (1 - warmup)
 
 
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -387,8 +447,25 @@ def dist_timeout() -> float:
     return value
 
 
-def _init_distributed() -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def _world() -> tuple[int, int]:
+    """``(WORLD_SIZE, LOCAL_RANK)`` of this process (1 and 0 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _run_device(cfg: TrainConfig) -> torch.device:
+    """The run's device (under torchrun: this process's GPU, made torch's current CUDA device so
+    that NCCL and ``.cuda()`` use it)."""
+    world, local_rank = _world()
+    device = resolve_device(cfg.device, local_rank=local_rank, world_size=world)
+    if device.type == "cuda" and world > 1:
+        torch.cuda.set_device(device)
+    return device
+
+
+def _init_distributed(backend: str = "gloo") -> _Dist:
+    """Join the process group under torchrun (``backend``: NCCL for CUDA processes, gloo for
+    CPU ones); a single process outside it."""
+    world = _world()[0]
     if world <= 1:
         return _Dist()
     import datetime
@@ -398,9 +475,7 @@ def _init_distributed() -> _Dist:
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=dist_timeout())
         try:
-            dist.init_process_group(
-                "nccl" if torch.cuda.is_available() else "gloo", timeout=timeout
-            )
+            dist.init_process_group(backend, timeout=timeout)
         except (RuntimeError, ValueError) as e:
             raise OnebitError(_dist_failure(e, int(os.environ.get("RANK", "0")), world)) from None
     return _Dist(dist.get_rank(), dist.get_world_size())
@@ -453,6 +528,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters (or, for a model without any, its buffers) are."""
+    t = next(model.parameters(), None)
+    t = t if t is not None else next(model.buffers(), None)
+    return t.device if t is not None else torch.device("cpu")
+
+
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    # sums of a split's losses: float64 as Python's floats were, where the device has it
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -461,25 +548,40 @@ def evaluate(
     batch_size: int = 1000,
     loss: str = "ce",
     channels_last: bool = False,
+    precision: str | Precision = "fp32",
 ) -> tuple[float, float]:
-    """Loss and accuracy of the hard-binarized model (eval mode: binary layers use ``sign(w)``)."""
+    """Loss and accuracy of the hard-binarized model (eval mode: binary layers use ``sign(w)``).
+
+    Runs on the model's device (batches of a split held elsewhere are copied there), under
+    ``precision`` (``fp32``, ``bf16``, ``fp16`` or a resolved :class:`onebit.devices.Precision`):
+    autocast rounds the products, never the binary weights. Sums stay on the device until the
+    end (no synchronization per batch).
+    """
     if len(split) == 0:
         return float("nan"), float("nan")
+    device = _model_device(model)
+    if isinstance(precision, str):
+        precision = resolve_precision(precision, device)
     was_training = model.training
     model.eval()
-    total, correct, n = 0.0, 0, 0
+    total = torch.zeros((), dtype=_sum_dtype(device), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    n = 0
     loss_fn = LOSSES[loss]
     try:
         for x, y in batches(
             split, batch_size, mean=data.mean, std=data.std, channels_last=channels_last
         ):
-            out = model_logits(model(x), y)
-            total += loss_fn(out, y).item() * y.numel()  # per token for sequence targets
-            correct += (out.argmax(1) == y).sum().item()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with precision.autocast():
+                out = model_logits(model(x), y)
+            out = out.float()  # the loss and the arg max of fp32 logits
+            total += loss_fn(out, y).to(total.dtype) * y.numel()  # per token for sequences
+            correct += (out.argmax(1) == y).sum()
             n += y.numel()
     finally:
         model.train(was_training)
-    return total / n, correct / n
+    return total.item() / n, correct.item() / n
 
 
 NEAR_ZERO = 1e-3
@@ -529,22 +631,118 @@ def _has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+def _train_loss(cfg: TrainConfig) -> Callable[[Tensor, Tensor], Tensor]:
+    """The recipe's training loss: ``LOSSES[cfg.loss]``, with label smoothing when it asks."""
+    if cfg.loss == "ce" and cfg.label_smoothing:
+        return functools.partial(F.cross_entropy, label_smoothing=cfg.label_smoothing)
+    return LOSSES[cfg.loss]
+
+
+class TrainStep:
+    """One optimizer step of :func:`train` (also for one's own loop, and for benchmarks).
+
+    ``step(x, y, lr, epoch=e, epochs=n)`` runs the forward pass of ``net`` (the model, or DDP /
+    ``torch.compile`` around it; the teacher's too when distilling) under the precision's
+    autocast, the method's training loss on fp32 logits, the backward pass (through a gradient
+    scaler for fp16), the recipe's gradient clip, the optimizer's step and the method's after-step
+    hook, and returns the detached loss and logits.
+
+    Args:
+        model: the model being trained (the method's hooks see it).
+        method: the method (loss and after-step hook).
+        opt: the optimizer.
+        cfg: the recipe (loss, label smoothing, gradient clip).
+        net: what the forward pass calls (default: ``model``).
+        precision: autocast dtype and scaler (default: fp32 on the model's device).
+        teacher: the distillation teacher, or None.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: Method,
+        opt: torch.optim.Optimizer,
+        cfg: TrainConfig,
+        *,
+        net: nn.Module | None = None,
+        precision: Precision | None = None,
+        teacher: nn.Module | None = None,
+    ) -> None:
+        self.model, self.method, self.opt, self.cfg = model, method, opt, cfg
+        self.net = net if net is not None else model
+        self.precision = precision or Precision(device_type=_model_device(model).type)
+        self.teacher = teacher
+        self.loss_fn = _train_loss(cfg)
+        self.scaler = self.precision.grad_scaler()
+        if self.scaler is not None:
+            # A fused optimizer tells the scaler it skips an overflowed step itself, but it skips
+            # only its own parameter update: work done after it (LAB's accumulator and scale)
+            # would read infinite gradients. Without the flag the scaler skips the whole step().
+            opt._step_supports_amp_scaling = False  # type: ignore[attr-defined]
+
+    def __call__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        lr: float,
+        *,
+        epoch: int = 0,
+        epochs: int = 1,
+        step: int = 0,
+        steps: int = 0,
+    ) -> tuple[Tensor, Tensor]:
+        teacher_logits = None
+        with self.precision.autocast():
+            logits = model_logits(self.net(x), y)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = model_logits(self.teacher(x), y).float()
+        logits = logits.float()  # losses in fp32 (a no-op without autocast)
+        loss = self.method.training_loss(logits, y, self.loss_fn(logits, y), teacher_logits)
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)  # the clip and the optimizer see true gradients
+        if self.cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if self.scaler is None:
+            self.opt.step()
+        elif not self._scaled_step():
+            return loss.detach(), logits.detach()  # overflowed: skipped whole, hooks included
+        self.method.after_step(
+            self.model, lr, epoch=epoch, epochs=epochs, optimizer=self.opt, step=step, steps=steps
+        )
+        return loss.detach(), logits.detach()
+
+    def _scaled_step(self) -> bool:
+        """The optimizer's step through the gradient scaler; False when it was skipped because a
+        gradient overflowed (the scaler then lowers its scale, and only then)."""
+        assert self.scaler is not None
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return self.scaler.get_scale() >= scale
+
+
 @dataclass
 class _Run:
     """What one call of :func:`train` holds between epochs."""
 
     model: nn.Module
-    net: nn.Module  # the model as stepped: DDP and/or torch.compile around it
     method: Method
-    data: Dataset
+    data: Dataset  # on the run's device
     cfg: TrainConfig
     opt: torch.optim.Optimizer
+    step: TrainStep
     dist: _Dist
+    device: torch.device
+    precision: Precision
     out: Path | None
     history: History
     start: int
     channels_last: bool
-    teacher: nn.Module | None
     extra_state: dict[str, Any]
     progress: bool
     board: Any = None
@@ -558,6 +756,36 @@ def _threads(cfg: TrainConfig, dist: _Dist) -> int | None:
     return default_threads(dist.world_size) if dist.world_size > 1 else None
 
 
+def _gemm_choice(cfg: TrainConfig, device: torch.device, precision: Precision) -> str:
+    """``cfg.gemm``, or ``torch`` where onebit's kernel does not apply: it multiplies fp32 on
+    the CPU, and torch.compile keeps torch's own products."""
+    if device.type == "cpu" and precision.dtype is None:
+        return "torch" if cfg.compile else cfg.gemm
+    if cfg.gemm == "onebit":
+        raise OnebitError(
+            f"train.gemm = 'onebit' multiplies in fp32 on the CPU, but the run is "
+            f"{precision.name} on {device.type}; use train.gemm = 'torch' or 'auto'."
+        )
+    return "torch"
+
+
+def _device_rng_state(device: torch.device) -> dict[str, Tensor]:
+    """The generator state of an accelerator (stochastic binarization and dropout draw there)."""
+    if device.type == "cuda":
+        return {"cuda": torch.cuda.get_rng_state(device)}
+    if device.type == "mps":
+        return {"mps": torch.mps.get_rng_state()}
+    return {}
+
+
+def _set_device_rng_state(device: torch.device, state: dict[str, Any]) -> None:
+    """Restore :func:`_device_rng_state` (a run resumed on another kind of device skips it)."""
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    elif device.type == "mps" and "mps" in state:
+        torch.mps.set_rng_state(state["mps"])
+
+
 def _setup(
     model: nn.Module,
     method: Method,
@@ -567,17 +795,22 @@ def _setup(
     run_dir: str | Path | None,
     resume: bool,
     teacher: nn.Module | None,
+    precision: Precision,
+    device: torch.device,
 ) -> _Run:
-    """Memory format, optimizer, the run's start (a checkpoint to resume, or the method's init
-    weights), DDP and compile wrappers, the metrics file and TensorBoard."""
+    """Device and memory format, optimizer, the run's start (a checkpoint to resume, or the
+    method's init weights), DDP and compile wrappers, the step, the metrics file and TensorBoard."""
     channels_last = cfg.channels_last and _has_conv(model)
+    model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    data = to_device(data, device)
     opt = method.make_optimizer(model, cfg) or make_optimizer(
         model, cfg, method.param_groups(model)
     )
     history = History()
     start = 0
+    state: dict[str, Any] = {}
     out = Path(run_dir) if run_dir is not None else None
     if out is not None and dist.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -586,6 +819,7 @@ def _setup(
         load_model_state(model, state["model"], str(out / "last.pt"))
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
+        _set_device_rng_state(device, state["rng"])
         history.epochs = list(state["history"])
         start = state["epoch"] + 1
         log.info("resuming %s at epoch %d", out, start + 1)
@@ -598,14 +832,18 @@ def _setup(
             "train(..., teacher=...) (onebit's runs load it themselves)."
         )
     if teacher is not None:
-        teacher.eval().requires_grad_(False)
+        teacher.to(device).eval().requires_grad_(False)
     net: nn.Module = model
     if dist.world_size > 1:
-        net = nn.parallel.DistributedDataParallel(model)
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:
         net = torch.compile(net)
-    run = _Run(model, net, method, data, cfg, opt, dist, out, history, start, channels_last,
-               teacher, {}, False)  # fmt: skip
+    step = TrainStep(model, method, opt, cfg, net=net, precision=precision, teacher=teacher)
+    if step.scaler is not None and "grad_scaler" in state:
+        step.scaler.load_state_dict(state["grad_scaler"])
+    run = _Run(model, method, data, cfg, opt, step, dist, device, precision, out, history, start,
+               channels_last, {}, False)  # fmt: skip
     if out is not None and dist.main:
         _rewrite_metrics(out / "metrics.jsonl", history.epochs)
         if cfg.tensorboard:
@@ -616,7 +854,7 @@ def _setup(
 def _train_epoch(run: _Run, epoch: int, lr: float) -> tuple[float, dict[str, Any]]:
     """One pass over the shuffled training set at base rate ``lr`` (per-step schedules change it
     as they go); returns the last rate and the train metrics."""
-    model, method, cfg, opt = run.model, run.method, run.cfg, run.opt
+    model, cfg, opt = run.model, run.cfg, run.opt
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
     model.train()
     it = batches(
@@ -633,30 +871,26 @@ def _train_epoch(run: _Run, epoch: int, lr: float) -> tuple[float, dict[str, Any
     )
     steps = num_batches(len(run.data.train), cfg.batch_size, drop_last=False)
     bar = _bar(it, steps, f"epoch {epoch + 1}/{cfg.epochs}", run.progress and run.dist.main)
-    loss_fn = LOSSES[cfg.loss]
-    tot_loss = torch.zeros(())
-    tot_correct = torch.zeros((), dtype=torch.long)
+    # sums on the device, read once at the end: the loop never waits on a synchronization
+    tot_loss = torch.zeros((), device=run.device)
+    tot_correct = torch.zeros((), dtype=torch.long, device=run.device)
     seen = 0
     per_step = cfg.schedule in PER_STEP_SCHEDULES
     for i, (x, y) in enumerate(bar):
         if per_step:
             lr = lr_at(epoch, cfg, i / steps)
             _set_lr(opt, lr)
-        logits = model_logits(run.net(x), y)
-        teacher_logits = None
-        if run.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = model_logits(run.teacher(x), y)
-        loss = method.training_loss(logits, y, loss_fn(logits, y), teacher_logits)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        method.after_step(model, lr, epoch=epoch, epochs=cfg.epochs, optimizer=opt)
-        # accumulate without .item() so the loop never waits on a sync
-        tot_loss += loss.detach() * y.numel()  # y.numel(): tokens, for sequence targets
-        tot_correct += (logits.detach().argmax(1) == y).sum()
+        loss, logits = run.step(
+            x,
+            y,
+            lr,
+            epoch=epoch,
+            epochs=cfg.epochs,
+            step=epoch * steps + i,
+            steps=cfg.epochs * steps,
+        )
+        tot_loss += loss * y.numel()  # y.numel(): tokens, for sequence targets
+        tot_correct += (logits.argmax(1) == y).sum()
         seen += y.numel()
     if run.dist.world_size > 1:  # every process's shard counts, not the main process's alone
         loss_sum, correct, seen_all = _reduce_sum([tot_loss, tot_correct, seen], run.dist)
@@ -674,7 +908,12 @@ def _evaluate_epoch(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validation and test loss and accuracy of the hard-binarized model, and the extra numbers
     (the method's own, bits per token, the relaxed model's accuracy)."""
     model, data, cfg = run.model, run.data, run.cfg
-    ev = dict(batch_size=cfg.eval_batch_size, loss=cfg.loss, channels_last=run.channels_last)
+    ev = dict(
+        batch_size=cfg.eval_batch_size,
+        loss=cfg.loss,
+        channels_last=run.channels_last,
+        precision=run.precision,
+    )
     val_loss, val_acc = evaluate(model, data.val, data, **ev)
     test_loss, test_acc = evaluate(model, data.test, data, **ev)
     if math.isnan(val_acc):  # no validation split: select on test, and say so in the record
@@ -697,12 +936,14 @@ def _save_epoch(run: _Run, epoch: int, rec: dict[str, Any]) -> None:
     common = {**run.extra_state, "epoch": epoch}
     if run.history.best["epoch"] == epoch:
         save_checkpoint(out / "best.pt", model=run.model.state_dict(), **common)
+    scaler = run.step.scaler
     save_checkpoint(
         out / "last.pt",
         model=run.model.state_dict(),
         optimizer=run.opt.state_dict(),
-        rng=rng_state(),
+        rng={**rng_state(), **_device_rng_state(run.device)},
         history=run.history.epochs,
+        **({"grad_scaler": scaler.state_dict()} if scaler is not None else {}),
         **common,
     )
     with open(out / "metrics.jsonl", "a") as f:
@@ -712,6 +953,19 @@ def _save_epoch(run: _Run, epoch: int, rec: dict[str, Any]) -> None:
             if isinstance(v, float | int) and k != "epoch":
                 run.board.add_scalar(k, v, epoch)
         run.board.flush()
+
+
+def _log_placement(run: _Run) -> None:
+    """One line: where and how the run trains."""
+    cfg = run.cfg
+    log.info(
+        "training on %s (%s), %s%s%s",
+        run.device,
+        device_name(run.device),
+        run.precision.describe(),
+        ", channels_last" if run.channels_last else "",
+        ", torch.compile" if cfg.compile else "",
+    )
 
 
 def train(
@@ -745,56 +999,77 @@ def train(
         The history; ``history.summary()`` has the test accuracy at the best validation epoch and at
         the last one, both of the hard-binarized model.
 
-    torch's threads and determinism flags hold for the run and are restored afterwards
-    (:func:`onebit.settings.torch_settings`), as is the CPU GEMM mode of ``cfg.gemm``.
+    The run trains on ``cfg.device`` in ``cfg.precision`` (one log line says which); the model and
+    the teacher return to the device they came from when it ends, and ``data`` is not changed (a
+    copy of it lives on the device during the run). torch's threads and determinism flags hold
+    for the run and are restored afterwards (:func:`onebit.settings.torch_settings`), as is the
+    CPU GEMM mode of ``cfg.gemm``.
     """
     check_recipe(cfg)
-    dist = _init_distributed()
+    device = _run_device(cfg)
+    precision = resolve_precision(cfg.precision, device)
+    gemm = _gemm_choice(cfg, device, precision)
+    dist = _init_distributed(dist_backend(device))
     if cfg.batch_size % dist.world_size:
         raise OnebitError(
             f"train.batch_size {cfg.batch_size} must be divisible by the {dist.world_size} processes."
         )
+    homes = [(m, _model_device(m)) for m in (model, teacher) if m is not None]
     deterministic = True if cfg.deterministic else None
     with torch_settings(threads=_threads(cfg, dist), deterministic=deterministic):
-        with _dist_errors(dist):  # DDP's first broadcast
-            run = _setup(model, method, data, cfg, dist, run_dir, resume, teacher)
-        run.extra_state, run.progress = dict(extra_state or {}), progress
-        # the kernel of the linear layers' products (onebit.gemm); torch.compile keeps torch's own
-        gemm = "torch" if cfg.compile else cfg.gemm
-        with gemm_backend(gemm, model, batch=cfg.batch_size // dist.world_size) as backend:
-            if dist.main and backend.name != "torch":
-                log.info("matrix products of linear layers: %s kernel", backend.name)
-            for epoch in range(run.start, cfg.epochs):
-                t0 = time.perf_counter()
-                lr = lr_at(epoch, cfg)
-                _set_lr(run.opt, lr)
-                method.on_epoch_start(model, epoch, cfg.epochs)
-                signs_before = weight_signs(model)
-                with _dist_errors(dist):
-                    lr, trained = _train_epoch(run, epoch, lr)
-                _check_finite(trained["train_loss"], epoch, cfg)
-                train_seconds = time.perf_counter() - t0
-                main, extra = _evaluate_epoch(run)
-                rec = {
-                    "epoch": epoch,
-                    "lr": lr,
-                    **trained,
-                    **main,
-                    "train_seconds": train_seconds,
-                    "seconds": time.perf_counter() - t0,
-                    "gemm": backend.name,
-                    **({"partial": True} if is_partial(model.modules()) else {}),
-                    **extra,
-                    **diagnostics(model, signs_before),
-                }
-                run.history.epochs.append(rec)
-                (log.info if dist.main else log.debug)(  # one process reports
-                    "epoch %d/%d  loss %.4f  train %.4f  val %.4f  test %.4f  (%.1fs)",
-                    epoch + 1, cfg.epochs, rec["train_loss"], rec["train_acc"],
-                    rec["val_acc"], rec["test_acc"], rec["seconds"],
-                )  # fmt: skip
-                _save_epoch(run, epoch, rec)
+        try:
+            with _dist_errors(dist):  # DDP's first broadcast
+                run = _setup(
+                    model, method, data, cfg, dist, run_dir, resume, teacher, precision, device
+                )
+            run.extra_state, run.progress = dict(extra_state or {}), progress
+            if dist.main:
+                _log_placement(run)
+            _train_epochs(run, gemm)
+        finally:
+            for m, home in homes:  # back where the caller had it
+                m.to(home)
     return run.history
+
+
+def _train_epochs(run: _Run, gemm: str) -> None:
+    """The epochs of a set-up run, under the CPU GEMM mode ``gemm`` (:mod:`onebit.gemm`)."""
+    model, method, cfg, dist = run.model, run.method, run.cfg, run.dist
+    with gemm_backend(gemm, model, batch=cfg.batch_size // dist.world_size) as backend:
+        if dist.main and backend.name != "torch":
+            log.info("matrix products of linear layers: %s kernel", backend.name)
+        for epoch in range(run.start, cfg.epochs):
+            t0 = time.perf_counter()
+            lr = lr_at(epoch, cfg)
+            _set_lr(run.opt, lr)
+            method.on_epoch_start(model, epoch, cfg.epochs)
+            signs_before = weight_signs(model)
+            with _dist_errors(dist):
+                lr, trained = _train_epoch(run, epoch, lr)
+            _check_finite(trained["train_loss"], epoch, cfg)
+            train_seconds = time.perf_counter() - t0
+            main, extra = _evaluate_epoch(run)
+            rec = {
+                "epoch": epoch,
+                "lr": lr,
+                **trained,
+                **main,
+                "train_seconds": train_seconds,
+                "seconds": time.perf_counter() - t0,
+                "gemm": backend.name,
+                "device": str(run.device),
+                "precision": run.precision.name,
+                **({"partial": True} if is_partial(model.modules()) else {}),
+                **extra,
+                **diagnostics(model, signs_before),
+            }
+            run.history.epochs.append(rec)
+            (log.info if dist.main else log.debug)(  # one process reports
+                "epoch %d/%d  loss %.4f  train %.4f  val %.4f  test %.4f  (%.1fs)",
+                epoch + 1, cfg.epochs, rec["train_loss"], rec["train_acc"],
+                rec["val_acc"], rec["test_acc"], rec["seconds"],
+            )  # fmt: skip
+            _save_epoch(run, epoch, rec)
 
 
 def _tensorboard(out: Path) -> Any:

@@ -37,6 +37,14 @@ def tiny_dataset(
     )
 
 
+def devices() -> list:
+    """The devices of device-parametrized tests: the CPU, and CUDA where torch sees a GPU (marked
+    ``gpu``: ``pytest -m gpu`` runs those alone). Without CUDA no cuda case is generated at all,
+    so a CPU-only machine runs the same tests and skips none."""
+    cuda = [pytest.param("cuda", marks=pytest.mark.gpu)] if torch.cuda.is_available() else []
+    return ["cpu", *cuda]
+
+
 def write_npz(path, shape=(1, 8, 8), classes=4, n=256, seed=0) -> str:
     """The tiny dataset as a generic .npz with x/y and x_test/y_test."""
     tr = blobs(n, shape, classes, seed)

@@ -56,7 +56,7 @@ def test_the_tool_finds_a_cycle_and_an_upward_import(tmp_path):
 
 
 def test_runtime_floors_import_no_torch(graph):
-    tool, g = graph
+    _tool, g = graph
     torch_free = [m for m in g.modules if m.startswith(("onebit.runtime", "onebit.kernels"))]
     for mod in torch_free:
         tree = ast.parse(g.modules[mod].read_text())
@@ -96,10 +96,14 @@ def test_runners_read_only_hooks_that_method_declares(path):
             and node.value.id == "method"
         ):
             assert node.attr in declared, f"{path}: method.{node.attr} is not declared on Method"
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            if node.func.id in ("getattr", "hasattr") and node.args:
-                arg = node.args[0]
-                assert not (isinstance(arg, ast.Name) and arg.id == "method"), path
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr")
+            and node.args
+        ):
+            arg = node.args[0]
+            assert not (isinstance(arg, ast.Name) and arg.id == "method"), path
 
 
 def test_docs_cited_by_the_code_live_in_the_repository():

@@ -96,6 +96,11 @@ def test_steepness_schedules():
     assert steepness(0, 5, 2, 32, "exp") == pytest.approx(2)
     assert steepness(2, 5, 2, 32, "exp") == pytest.approx(8)
     assert steepness(0, 5, 2, 32, "constant") == 32
+    # fractional epochs (per-step schedules) move between the per-epoch values and stop at end
+    assert steepness(3.5, 7, 1, 10, "linear") == pytest.approx(1 + 9 * 3.5 / 6)
+    assert steepness(6.5, 7, 1, 10, "linear") == 10
+    assert steepness(0.5, 1, 1, 10, "linear") == pytest.approx(5.5)  # a one-epoch run sharpens
+    assert steepness(1.0, 1, 2, 32, "exp") == pytest.approx(32)
 
 
 @pytest.mark.parametrize("cls", [ProxConnect, BNNPlus, BNNPlusPlus])
@@ -124,26 +129,29 @@ def test_prox_binary_formula():
 def test_proxquant_grows_lambda_then_freezes_binary():
     torch.manual_seed(0)
     model = build("mlp", (1, 4, 4), 3, hidden=[8])
-    method = ProxQuant(lam=2.0, freeze_epoch=3)
+    method = ProxQuant(reg_rate=0.5, freeze=0.6, bn_batches=0)
     binarize_(model, method)
     layers = [m for m in model.modules() if is_binary_layer(m)]
-    method.on_epoch_start(model, 0, 5)
-    assert method.lambda_at(0, 5) == pytest.approx(2.0 / 3)
-    method.on_epoch_start(model, 2, 5)
-    assert method.lambda_at(2, 5) == pytest.approx(2.0)
+    # 5 epochs of 4 steps: lambda = reg_rate * (step / 4), the authors' reg_rate * epoch at each
+    # epoch's first step; without steps, their per-epoch value
+    assert method.lambda_at(8, 20, epochs=5) == pytest.approx(0.5 * 2)
+    assert method.lambda_at(10, 20, epochs=5) == pytest.approx(0.5 * 2.5)
+    assert method.lambda_at(0, 0, epoch=3, epochs=5) == pytest.approx(0.5 * 3)
     before = layers[0].weight.detach().clone()
-    method.after_step(model, lr=0.1, epoch=2, epochs=5)
-    assert torch.allclose(layers[0].weight, prox_binary(before, 0.2).clamp(-1, 1))
-    method.on_epoch_start(model, 3, 5)
+    method.after_step(model, lr=0.1, epoch=2, epochs=5, step=10, steps=20)
+    assert torch.allclose(layers[0].weight, prox_binary(before, 0.1 * 1.25).clamp(-1, 1))
+    assert layers[0].weight.requires_grad
+    method.after_step(model, lr=0.1, epoch=2, epochs=5, step=11, steps=20)  # 12 = 0.6 * 20 done
     for m in layers:
         assert set(m.weight.unique().tolist()) <= {-1.0, 1.0}
         assert not m.weight.requires_grad
-    # by default it freezes at the last epoch, and never in a one-epoch run
+    # a resumed run (or a loop that passes no steps) freezes at the epoch start past the point
     fresh = build("mlp", (1, 4, 4), 3, hidden=[8])
-    binarize_(fresh, ProxQuant(lam=2.0))
-    ProxQuant(lam=2.0).on_epoch_start(fresh, 0, 1)
-    first = next(m for m in fresh.modules() if is_binary_layer(m))
-    assert first.weight.requires_grad and ProxQuant(lam=2.0).lambda_at(0, 1) == pytest.approx(2.0)
+    binarize_(fresh, method)
+    method.on_epoch_start(fresh, 2, 5)
+    assert all(m.weight.requires_grad for m in fresh.modules() if is_binary_layer(m))
+    method.on_epoch_start(fresh, 3, 5)
+    assert not any(m.weight.requires_grad for m in fresh.modules() if is_binary_layer(m))
 
 
 def test_lab_scale_closed_form():

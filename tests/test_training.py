@@ -172,7 +172,7 @@ def test_an_unknown_schedule_is_an_error_not_a_constant_rate():
 
 def test_train_restores_torch_threads_and_determinism():
     data = tiny_dataset(shape=(16,), n_train=64)
-    model, method = _model()
+    model, _method = _model()
     torch.set_num_threads(1)
     before = torch.are_deterministic_algorithms_enabled()
     seen = []

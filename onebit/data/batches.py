@@ -21,9 +21,23 @@ def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
 def _crop_flip_params(
     n: int, pad: int, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
-    flips = torch.rand(n, generator=generator) < 0.5
+    # drawn where the generator lives (the CPU for a CPU generator): the same numbers whatever
+    # device the images are on
+    device = generator.device if generator is not None else None
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=device)
+    flips = torch.rand(n, generator=generator, device=device) < 0.5
     return offsets[0], offsets[1], flips
+
+
+def _epoch_crop_flip_params(
+    sizes: Sequence[int], pad: int, generator: torch.Generator | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The crop offsets and flips of every batch of an epoch (batch sizes ``sizes``), drawn in
+    the order per-batch draws would take them and moved to ``device`` in one copy, so that a
+    batch on a GPU needs nothing from the host."""
+    drawn = [_crop_flip_params(size, pad, generator) for size in sizes]
+    dy, dx, flip = (torch.cat([d[i] for d in drawn]).to(device) for i in range(3))
+    return dy, dx, flip
 
 
 def _apply_crop_flip(
@@ -31,8 +45,9 @@ def _apply_crop_flip(
 ) -> torch.Tensor:
     n, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad)) if pad else x
-    rows = dy[:, None] + torch.arange(h)  # (N, H)
-    cols = torch.arange(w).expand(n, w)
+    dy, dx, flip = dy.to(x.device), dx.to(x.device), flip.to(x.device)  # no-ops in batches()
+    rows = dy[:, None] + torch.arange(h, device=x.device)  # (N, H)
+    cols = torch.arange(w, device=x.device).expand(n, w)
     cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]  # (N, W)
     # one flat index per output pixel into the padded image, shared by all channels
     flat = (rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]).view(n, 1, h * w)
@@ -103,6 +118,9 @@ def batches(
         drop_last: Drop the last global batch when it is smaller than ``batch_size``.
         channels_last: Return 4-D inputs in channels-last memory format.
 
+    Batches are sliced from the split's tensors on their device (a split moved to a GPU gives
+    GPU batches with no copy from the host per step); ``generator`` may live on the CPU.
+
     Yields:
         ``(x, y)`` with ``x`` float32 (int64 for token ids) and ``y`` int64.
 
@@ -146,18 +164,25 @@ def batches(
             "turn augmentation off."
         )
 
-    n = len(split)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    n, device = len(split), x_all.device
+    mean_t, std_t = mean_t.to(device), std_t.to(device)
+    # the order and the augmentation are drawn on the generator's device (so a run draws the same
+    # numbers on any device) and moved to the data's device once per epoch, not once per batch
+    gen_device = generator.device if generator is not None else None
+    order = torch.randperm(n, generator=generator, device=gen_device) if shuffle else None
+    order = order.to(device) if order is not None else torch.arange(n, device=device)
+    sizes = [min(batch_size, n - b * batch_size) for b in range(n_batches)]
+    params = _epoch_crop_flip_params(sizes, 4, generator, device) if augment else None
     for b in range(n_batches):
-        idx = order[b * batch_size : (b + 1) * batch_size]
-        size = idx.numel()
+        start = b * batch_size
+        idx = order[start : start + batch_size]
+        size = sizes[b]
         bounds = [size * r // world_size for r in range(world_size + 1)]
         lo, hi = bounds[rank], bounds[rank + 1]
-        params = _crop_flip_params(size, 4, generator) if augment else None
         shard = idx[lo:hi]
         x = x_all[shard]
         if params is not None:
-            dy, dx, flip = (p[lo:hi] for p in params)
+            dy, dx, flip = (p[start + lo : start + hi] for p in params)
             x = _apply_crop_flip(x, 4, dy, dx, flip)
         if not tokens:
             x = x.to(torch.float32).sub_(mean_t).div_(std_t)

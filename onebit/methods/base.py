@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from onebit.layers import WeightQuantizer, is_binary_layer
 from onebit.quantizers import NoScale, ScaleRule
 
-__all__ = ["Method", "clip_latent_"]
+__all__ = ["Method", "clip_latent_", "epochs_at"]
 
 
 def clip_latent_(layers: Iterable[nn.Module], c: float) -> None:
@@ -34,6 +34,13 @@ def clip_latent_(layers: Iterable[nn.Module], c: float) -> None:
         for m in layers:
             if is_binary_layer(m) and m.binary:
                 m.weight.clamp_(-c, c)
+
+
+def epochs_at(step: int, steps: int, epochs: int) -> float:
+    """Training progress in epochs after ``step`` of the run's ``steps`` optimizer steps (the
+    fraction of an epoch done counts): ``step * epochs / steps``, an integer ``e`` exactly at the
+    first step of epoch ``e``. Per-step schedules are functions of it."""
+    return step * epochs / steps
 
 
 @dataclass(frozen=True)
@@ -109,11 +116,15 @@ class Method:
         epoch: int = 0,
         epochs: int = 1,
         optimizer: torch.optim.Optimizer | None = None,
+        step: int = 0,
+        steps: int = 0,
     ) -> None:
         """Hook after each optimizer step: ``lr`` is the step's base rate, ``epoch`` of ``epochs``
-        where training is, ``optimizer`` the one that stepped. Default: clip latent weights when
-        the method asks for it, then let every layer's weight parametrization take its step
-        (:meth:`onebit.layers.WeightParametrization.step_`)."""
+        where training is, ``optimizer`` the one that stepped, ``step`` the 0-based index of this
+        step in the whole run and ``steps`` the steps the run plans (``epochs`` times the steps of
+        an epoch; 0: not known, and per-step schedules then keep their per-epoch values). Default:
+        clip latent weights when the method asks for it, then let every layer's weight
+        parametrization take its step (:meth:`onebit.layers.WeightParametrization.step_`)."""
         if self.clip is not None:
             clip_latent_(model.modules(), self.clip)
         for m in model.modules():

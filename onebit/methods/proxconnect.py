@@ -15,8 +15,9 @@ bnn++   ``SS_mu``                     ``SS_mu`` (exact gradient)
 ======  ============================  =====================================
 
 ``bc`` and ``bnn`` are the registered baselines; this module adds ``pc``, ``bnn+`` and ``bnn++``.
-The steepness ``mu`` follows a schedule over the epochs (``steepness``) so that ``F`` and ``B``
-approach ``sign``; the deployed and evaluated model is always ``alpha * sign(w)``.
+The steepness ``mu`` follows a schedule over training progress (``steepness``), updated after
+every optimizer step, so that ``F`` and ``B`` approach ``sign``; the deployed and evaluated model
+is always ``alpha * sign(w)``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from onebit.errors import OnebitError
 from onebit.layers import WeightQuantizer, is_binary_layer
-from onebit.methods.base import Method
+from onebit.methods.base import Method, epochs_at
 from onebit.quantizers import ActSign, ProxRamp, ScaleRule, SignSwish, SignSwishSTE, scale_rule
 
 __all__ = ["STEEPNESS", "BNNPlus", "BNNPlusPlus", "ProxConnect", "steepness"]
@@ -37,18 +39,23 @@ __all__ = ["STEEPNESS", "BNNPlus", "BNNPlusPlus", "ProxConnect", "steepness"]
 STEEPNESS = ("constant", "linear", "exp")
 
 
-def steepness(epoch: int, epochs: int, start: float, end: float, kind: str = "linear") -> float:
-    """Steepness ``mu`` at ``epoch`` (0-based): ``start`` at the first epoch, ``end`` at the last.
+def steepness(epoch: float, epochs: int, start: float, end: float, kind: str = "linear") -> float:
+    """Steepness ``mu`` at ``epoch`` (0-based; fractional between epochs for per-step schedules,
+    see :func:`onebit.methods.base.epochs_at`): ``start`` at the first epoch, ``end`` from the
+    start of the last epoch on (from the end of a one-epoch run).
 
     - ``constant``: ``mu = end``;
-    - ``linear``: ``mu = start + (end - start) * t``, ``t = epoch / (epochs - 1)``;
+    - ``linear``: ``mu = start + (end - start) * t``, ``t = min(1, epoch / max(1, epochs - 1))``;
     - ``exp``: ``mu = start * (end / start) ** t`` (geometric).
+
+    At whole epochs the values are those of the per-epoch schedule that earlier records ran
+    (``mu`` fixed within each epoch); between them ``mu`` moves on, so a short run sharpens too.
     """
     if kind not in STEEPNESS:
         raise OnebitError(f"unknown steepness schedule {kind!r}; accepted: {', '.join(STEEPNESS)}.")
     if kind == "constant":
         return end
-    t = epoch / max(1, epochs - 1)
+    t = min(1.0, max(0.0, epoch / max(1, epochs - 1)))
     if kind == "linear":
         return start + (end - start) * t
     return start * math.exp(math.log(end / start) * t)
@@ -59,9 +66,10 @@ class _ProxFamily(Method):
     """Shared options of the ProxConnect++ family.
 
     Attributes:
-        mu_start, mu_end: steepness at the first and last epoch (in units of the layer's mean
-            ``|w|``; see ``onebit.quantizers.ProxRamp``).
-        mu_schedule: ``constant``, ``linear`` or ``exp`` (see ``steepness``).
+        mu_start, mu_end: steepness at the first step and from the last epoch on (in units of
+            the layer's mean ``|w|``; see ``onebit.quantizers.ProxRamp``).
+        mu_schedule: ``constant``, ``linear`` or ``exp`` (see ``steepness``), set after every
+            step from the progress in epochs.
         scale: scale rule of the deployed weight (``none``, ``layer`` or ``channel``).
         binary_acts: also binarize activations (``sign``, backward ``1{|a| <= 1}``).
     """
@@ -95,12 +103,34 @@ class _ProxFamily(Method):
     def activation_quantizer(self) -> Callable[[Tensor], Tensor] | None:
         return ActSign() if self.binary_acts else None
 
-    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
-        """Set every binary layer's quantizer to this epoch's steepness (a pure function of it)."""
+    def _set_steepness_(self, model: nn.Module, epoch: float, epochs: int) -> None:
         mu = steepness(epoch, epochs, self.mu_start, self.mu_end, self.mu_schedule)
         for m in model.modules():
             if is_binary_layer(m):
                 m.quantizer = self._quantizer(mu)
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        """Set every binary layer's quantizer to the steepness at this epoch's start."""
+        self._set_steepness_(model, epoch, epochs)
+
+    def after_step(
+        self,
+        model: nn.Module,
+        lr: float = 0.0,
+        *,
+        epoch: int = 0,
+        epochs: int = 1,
+        optimizer: torch.optim.Optimizer | None = None,
+        step: int = 0,
+        steps: int = 0,
+    ) -> None:
+        """The base hook (clip), then the steepness of the next step, ``step + 1`` of ``steps``
+        (kept as it is when ``steps`` is 0: a loop that passes no steps gets per-epoch values)."""
+        super().after_step(
+            model, lr, epoch=epoch, epochs=epochs, optimizer=optimizer, step=step, steps=steps
+        )
+        if steps > 0:
+            self._set_steepness_(model, epochs_at(step + 1, steps, epochs), epochs)
 
 
 @dataclass(frozen=True)

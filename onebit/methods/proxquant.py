@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from onebit.errors import OnebitError
 from onebit.layers import WeightQuantizer, is_binary_layer
-from onebit.methods.base import Method
+from onebit.methods.base import Method, epochs_at
+from onebit.methods.bnstats import input_cache, recalibrate_bn_
 from onebit.quantizers import Identity, sign
 
 __all__ = ["ProxQuant", "prox_binary"]
@@ -27,21 +28,33 @@ def prox_binary(w: Tensor, strength: float) -> Tensor:
     return s + torch.sign(d) * (d.abs() - strength).clamp_min(0)
 
 
+def _binary_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if is_binary_layer(m) and m.binary]
+
+
 @dataclass(frozen=True)
 class ProxQuant(Method):
-    """ProxQuant: train the real weights, pull them to ±1 with a growing proximal step.
+    """ProxQuant: train the real weights, pull them to ±1 with a growing proximal step, then
+    hard-quantize, freeze, and train the rest (docs/methods.md#proxquant).
 
     Forward (training): ``wb = w`` (the gradient is taken at the latent point). After each optimizer
-    step with rate ``lr``: ``w <- clip(prox_binary(w, lr * lambda_e), -1, 1)`` with
-    ``lambda_e = lam * (e + 1) / freeze`` growing linearly with the epoch ``e``. At epoch
-    ``freeze`` (default: the last epoch) the binary layers' weights become ``sign(w)`` and are
-    frozen; the remaining epochs train BatchNorm and float layers (a one-epoch run never freezes).
-    Evaluation uses ``sign(w)``.
+    step with rate ``lr``: ``w <- clip(prox_binary(w, lr * lambda_t), -1, 1)``, ``lambda_t =
+    reg_rate * t`` with ``t`` the training progress in epochs [code: the authors' ``reg_rate *
+    epoch``, constant within an epoch; onebit grows it per step, equal at each epoch's start].
+    Once a fraction ``freeze`` of the run's steps is done the binary layers' weights become
+    ``sign(w)`` and stop training; the rest of the run trains BatchNorm and the float layers with
+    them [code: ``--freeze_epoch 200`` of 300]. Evaluation and deployment use ``sign(w)``; before
+    each evaluation (the end of each epoch) BatchNorm's running statistics are re-estimated for
+    that model on the epoch's last ``bn_batches`` training batches (onebit choice: statistics
+    gathered with the relaxed ``w`` do not fit ``sign(w)``; the authors evaluate them as they are
+    and report the frozen model, whose statistics the last third re-learns).
 
     Attributes:
-        lam: regularization strength reached at the epoch before freezing.
-        freeze_epoch: epoch (0-based) at which weights are hard-binarized and frozen (None: the
-            last epoch of a run of two or more).
+        reg_rate: growth of ``lambda`` per epoch of training (the authors' ``--reg_rate``).
+        freeze: fraction of the run's steps after which weights are hard-binarized and frozen
+            (1: after the last step).
+        bn_batches: training batches the BatchNorm re-estimate uses (0: keep the running
+            statistics training gathered).
     """
 
     name = "proxquant"
@@ -49,44 +62,44 @@ class ProxQuant(Method):
     paper = "Bai et al. 2019, arXiv 1810.00861"
 
     clip: float | None = 1.0
-    lam: float = 1.0
-    freeze_epoch: int | None = None
+    reg_rate: float = 1e-4
+    freeze: float = 2 / 3
+    bn_batches: int = 10
 
     def __post_init__(self) -> None:
-        if self.lam < 0:
-            raise OnebitError("method.lam must be >= 0.")
-        if self.freeze_epoch is not None and self.freeze_epoch < 0:
-            raise OnebitError("method.freeze_epoch must be >= 0 (or none).")
+        if self.reg_rate < 0:
+            raise OnebitError("method.reg_rate must be >= 0.")
+        if not 0 < self.freeze <= 1:
+            raise OnebitError("method.freeze is a fraction of the run: pass 0 < freeze <= 1.")
+        if self.bn_batches < 0:
+            raise OnebitError("method.bn_batches must be >= 0 (0: no re-estimate).")
 
-    relaxed_eval = True
+    def lambda_at(self, step: int, steps: int, epoch: int = 0, epochs: int = 1) -> float:
+        """``lambda_t = reg_rate * t`` for the prox after step ``step`` of ``steps``, ``t`` the
+        progress in epochs (``reg_rate * epoch`` when ``steps`` is 0: not known)."""
+        t = epochs_at(step, steps, epochs) if steps > 0 else epoch
+        return self.reg_rate * t
 
-    def freeze_at(self, epochs: int) -> int:
-        """The freeze epoch of a run of ``epochs``: the option, or the last epoch of a run of two
-        or more (a one-epoch run never freezes)."""
-        if self.freeze_epoch is not None:
-            return self.freeze_epoch
-        return epochs - 1 if epochs > 1 else epochs
-
-    def lambda_at(self, epoch: int, epochs: int) -> float:
-        """``lambda_e = lam * min(e + 1, freeze) / freeze`` before the freeze epoch, 0 from it on."""
-        freeze = self.freeze_at(epochs)
-        if epoch >= freeze:
-            return 0.0
-        return self.lam * min(epoch + 1, freeze) / max(1, freeze)
+    def freeze_step(self, steps: int) -> float:
+        """Steps done when the weights are frozen (a run of ``steps``)."""
+        return self.freeze * steps * (1 - 1e-12)  # a fraction like 2/3 of 3 epochs: exactly 2
 
     def weight_quantizer(self) -> WeightQuantizer:
         return Identity()
 
-    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
-        """At the freeze epoch and after: binarize the binary layers' weights and freeze them."""
-        if epoch < self.freeze_at(epochs):
-            return
-        for m in model.modules():
-            if is_binary_layer(m) and m.binary:
+    def _freeze_(self, model: nn.Module) -> None:
+        for m in _binary_layers(model):
+            if m.weight.requires_grad:
                 with torch.no_grad():
                     m.weight.copy_(sign(m.weight))
                 m.weight.requires_grad_(False)
                 m.weight.grad = None
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        """From the freeze point on (a resumed run, or a loop that passes no steps): binarize and
+        freeze the binary layers' weights."""
+        if epoch >= self.freeze_step(epochs):
+            self._freeze_(model)
 
     def after_step(
         self,
@@ -96,11 +109,21 @@ class ProxQuant(Method):
         epoch: int = 0,
         epochs: int = 1,
         optimizer: torch.optim.Optimizer | None = None,
+        step: int = 0,
+        steps: int = 0,
     ) -> None:
-        """Prox step with strength ``lr * lambda_e``, then clip."""
-        lam = self.lambda_at(epoch, epochs)
+        """Prox step with strength ``lr * lambda_t`` and clip; freeze at the freeze step; at the
+        end of an epoch, re-estimate BatchNorm statistics for the hard model."""
+        cache = input_cache(model, self.bn_batches) if self.bn_batches > 0 and steps > 0 else None
+        lam = self.lambda_at(step, steps, epoch, epochs)
         with torch.no_grad():
-            for m in model.modules():
-                if lam > 0 and is_binary_layer(m) and m.binary and m.weight.requires_grad:
+            for m in _binary_layers(model):
+                if lam > 0 and m.weight.requires_grad:
                     m.weight.copy_(prox_binary(m.weight, lr * lam))
-        super().after_step(model, lr, epoch=epoch, epochs=epochs, optimizer=optimizer)
+        super().after_step(
+            model, lr, epoch=epoch, epochs=epochs, optimizer=optimizer, step=step, steps=steps
+        )
+        if steps > 0 and step + 1 >= self.freeze_step(steps):
+            self._freeze_(model)
+        if cache is not None and steps > 0 and (step + 1) * epochs % steps == 0:
+            recalibrate_bn_(model, cache.inputs)
