@@ -25,7 +25,7 @@ from onebit import kernels
 from onebit.experiments.bench import bench, cpu_flags
 from onebit.experiments.runs import environment
 from onebit.methods import BNN, BinaryConnect, XNORNet
-from onebit.pack import pack
+from onebit.packer import pack
 
 CASES = [
     # name, model, in_shape, options, method (binary activations or weight-only)

@@ -100,6 +100,7 @@ def huggingface(
         raise OnebitError(f"model.arch = {arch!r} or its config is not accepted ({e}).") from None
     if task == "causal-lm":
         cfg.vocab_size = num_classes
+        cfg.use_cache = False  # training and packing need no key/value cache
         for key in ("n_positions", "max_position_embeddings"):
             if hasattr(cfg, key) and getattr(cfg, key) < in_shape[0]:
                 setattr(cfg, key, in_shape[0])

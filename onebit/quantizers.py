@@ -127,7 +127,9 @@ class SignSTE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w: Tensor, out: Tensor | None = None, buf: WeightBuffer | None = None) -> Tensor:
+    def forward(
+        ctx, w: Tensor, out: Tensor | None = None, buf: WeightBuffer | None = None
+    ) -> Tensor:
         ctx.buf = buf
         if out is None:
             return sign(w)
@@ -148,7 +150,9 @@ class SignMaskedSTE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, out: Tensor | None = None, buf: WeightBuffer | None = None) -> Tensor:
+    def forward(
+        ctx, x: Tensor, out: Tensor | None = None, buf: WeightBuffer | None = None
+    ) -> Tensor:
         ctx.save_for_backward(x)
         ctx.buf = buf
         if out is None:

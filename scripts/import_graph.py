@@ -35,6 +35,7 @@ FLOORS: list[tuple[str, list[str]]] = [
         "core",
         [
             "onebit.settings",
+            "onebit.devices",
             "onebit.quantizers",
             "onebit.layers",
             "onebit.transforms",
@@ -52,7 +53,7 @@ FLOORS: list[tuple[str, list[str]]] = [
             "onebit.training",
         ],
     ),
-    ("deploy", ["onebit.ops", "onebit.pack", "onebit.export"]),
+    ("deploy", ["onebit.ops", "onebit.packer", "onebit.export"]),
     ("experiments", ["onebit.experiments.*", "onebit.experiments"]),
     ("cli", ["onebit.cli", "onebit.__main__"]),
     # the package's lazy facade: imports nothing when loaded, each public name on first use

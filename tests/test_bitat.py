@@ -17,8 +17,8 @@ from onebit.experiments.config import Config
 from onebit.layers import is_binary_layer
 from onebit.methods import METHODS, BiTAT
 from onebit.models import build
-from onebit.pack import pack
-from onebit.runtime import load
+from onebit.packer import pack
+from onebit.runtime import FORMAT_VERSION, load
 from onebit.training import TrainConfig, make_optimizer, save_checkpoint, train
 from onebit.transforms import (
     BitatTransform,
@@ -134,10 +134,11 @@ def test_deployed_model_is_an_ordinary_binary_net_that_packs(tmp_path):
     out = packed(x.numpy())
     assert (out.argmax(1) == ref.argmax(1)).all()
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
-    # depthwise convolutions need format version 2; the file says so and round-trips
+    # depthwise convolutions are grouped convs of the file; it says its version and round-trips
+    assert any(op.op == "conv" and op.attrs.get("groups", 1) > 1 for op in packed.ops)
     path = packed.save(tmp_path / "m.onebit")
     with safe_open(str(path), "np") as f:
-        assert f.metadata()["format_version"] == "2"
+        assert f.metadata()["format_version"] == str(FORMAT_VERSION)
     np.testing.assert_array_equal(load(path)(x.numpy()), out)
     # the size report counts the deployed layers only, as for the plain XNOR net
     plain = _mobilenet(METHODS["xnor-ft"]())

@@ -14,7 +14,7 @@ import onebit
 import onebit.kernels as K
 from onebit.kernels import reference as R
 from onebit.methods import BNN, BinaryConnect
-from onebit.pack import pack
+from onebit.packer import pack
 from onebit.runtime import ops as rt
 
 NOT_BUILT = "native kernels not built"

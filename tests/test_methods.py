@@ -11,7 +11,7 @@ from onebit.experiments.config import Config, build_method
 from onebit.layers import is_binary_layer
 from onebit.methods import METHODS, method_preset
 from onebit.models import build
-from onebit.pack import pack
+from onebit.packer import pack
 from onebit.training import LOSSES, TrainConfig, make_optimizer
 from tests.conftest import tiny_dataset
 
@@ -37,13 +37,14 @@ def test_method_conformance(name):
     loss_fn = LOSSES["ce"]
     model.train()
     first = None
-    for _ in range(30):
+    steps = 30  # one epoch of 30 steps: per-step schedules (freeze, steepness) run their course
+    for i in range(steps):
         loss = loss_fn(model(x), y)
         first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()
-        method.after_step(model, 1e-2, optimizer=opt)
+        method.after_step(model, 1e-2, optimizer=opt, step=i, steps=steps)
     with torch.no_grad():
         model.train()
         after = loss_fn(model(x), y).item()

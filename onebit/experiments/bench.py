@@ -38,10 +38,7 @@ from onebit import kernels
 from onebit.errors import OnebitError
 from onebit.runtime import Op, PackedModel
 
-__all__ = ["FloatTwin", "bench", "cpu_flags", "float_twin", "has_fast_bf16"]
-
-# runtime NHWC axis of each torch NCHW axis
-_NHWC_OF_NCHW = (0, 3, 1, 2)
+__all__ = ["FloatTwin", "bench", "cpu_flags", "example_batch", "float_twin", "has_fast_bf16"]
 
 
 def _sign(x: Tensor) -> Tensor:
@@ -49,184 +46,313 @@ def _sign(x: Tensor) -> Tensor:
     return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
-def _channel(v: Tensor, ndim: int) -> Tensor:
-    """A per-channel vector shaped to broadcast over an NCHW (4-D) or ``(N, F)`` value."""
-    return v.view(1, -1, 1, 1) if ndim == 4 else v
+def _nchw(x: Tensor) -> Tensor:
+    """An NHWC value as the NCHW tensor torch's convolutions take: a view (channels_last when
+    ``x`` is contiguous), no copy."""
+    return x.permute(0, 3, 1, 2)
 
 
-class _Layer(nn.Module):
-    """A packed linear/conv as a torch float layer.
+def _nhwc(x: Tensor) -> Tensor:
+    return x.permute(0, 2, 3, 1)
 
-    ``y = layer(sign(x) if binary else x)``; with fused thresholds (``output = "bits"``) the
-    layer has the ±1 weights and no bias, so ``y`` is the exact integer accumulator, and the
-    output is the ±1 form of the packed bits: ``+1 if (y >= thresh) XOR flip else -1``.
-    """
 
-    def __init__(
-        self, layer: nn.Module, sign_input: bool, thresh: Tensor | None, flip: Tensor | None
-    ) -> None:
+def _f32(a: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.array(a, dtype=np.float32))
+
+
+class _Step(nn.Module):
+    """One op of the packed graph in torch, on values in the runtime's layout (NHWC where the
+    runtime's are NHWC): ``forward(*inputs)`` computes what the runtime's op computes."""
+
+    def __init__(self, fn: Callable[..., Tensor], **tensors: Tensor) -> None:
         super().__init__()
-        self.layer = layer
-        self.sign_input = sign_input
-        self.fused = thresh is not None
-        if thresh is not None and flip is not None:
-            self.register_buffer("thresh", thresh)
-            self.register_buffer("flip", flip)
+        self.fn = fn
+        for k, v in tensors.items():
+            self.register_buffer(k, v)
 
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.layer(_sign(x) if self.sign_input else x)
-        if not self.fused:
-            return y
-        bit = (y >= _channel(self.thresh, y.ndim)) ^ _channel(self.flip, y.ndim)
-        return torch.where(bit, 1.0, -1.0).to(y.dtype)
+    def forward(self, *xs: Tensor) -> Tensor:
+        return self.fn(self, *xs)
 
 
-class _Affine(nn.Module):
-    """Per-channel ``x * scale + shift`` (a BatchNorm that was not folded into a layer)."""
-
-    def __init__(self, scale: Tensor, shift: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("scale", scale)
-        self.register_buffer("shift", shift)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * _channel(self.scale, x.ndim) + _channel(self.shift, x.ndim)
-
-
-class _GlobalAvgPool(nn.Module):
-    """``(N, C, H, W) -> (N, C)``: the runtime's global average pool."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.mean(dim=(2, 3))
+def _layer_weight(packed: PackedModel, op: Op, k: int) -> tuple[Tensor, Tensor | None, bool]:
+    """``(weight (N, K), bias, fused)``: float weights; binary ones are ``alpha * (±1)`` unpacked
+    from the bits with bias ``beta``, or plain ±1 with no bias when thresholds take the integer
+    accumulator (``output = "bits"``)."""
+    t, a = packed.tensors, op.attrs
+    if a["mode"] == "float":
+        bias = _f32(t[op.tensors["bias"]]) if "bias" in op.tensors else None
+        return _f32(t[op.tensors["weight"]]).reshape(-1, k), bias, False
+    w = torch.from_numpy(kernels.unpack_bits(t[op.tensors["bits"]], k).astype(np.float32))
+    if a.get("output") == "bits":
+        return w, None, True
+    return w * _f32(t[op.tensors["alpha"]])[:, None], _f32(t[op.tensors["beta"]]), False
 
 
-class _Flatten(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.flatten(x, 1)
-
-
-class _Add(nn.Module):
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        return a + b
-
-
-class _Slice(nn.Module):
-    """The runtime's ``slice`` (``[start, stop, step]`` per NHWC axis) on an NCHW tensor."""
-
-    def __init__(self, slices: list[list[int | None]]) -> None:
-        super().__init__()
-        self.slices = [slice(*s) for s in slices]
-
-    def forward(self, x: Tensor) -> Tensor:
-        order = _NHWC_OF_NCHW if x.ndim == 4 else range(x.ndim)
-        return x[tuple(self.slices[a] for a in order)]
-
-
-class _Pad(nn.Module):
-    """The runtime's ``pad`` (``[before, after]`` per NHWC axis) as ``F.pad`` on NCHW."""
-
-    def __init__(self, pads: list[list[int]], value: float) -> None:
-        super().__init__()
-        self.pads, self.value = pads, value
-
-    def forward(self, x: Tensor) -> Tensor:
-        order = _NHWC_OF_NCHW if x.ndim == 4 else tuple(range(x.ndim))
-        flat = [v for axis in reversed(order) for v in self.pads[axis]]  # last torch axis first
-        return F.pad(x, flat, mode="constant", value=self.value)
-
-
-def _tensor(packed: PackedModel, op: Op, role: str) -> Tensor:
-    return torch.from_numpy(np.array(packed.tensors[op.tensors[role]], dtype=np.float32))
-
-
-def _layer(packed: PackedModel, op: Op) -> _Layer:
-    """The float twin of a ``linear``/``conv`` op (see :class:`_Layer`)."""
-    a, mode = op.attrs, op.attrs["mode"]
+def _layer(packed: PackedModel, op: Op) -> _Step:
+    """A ``linear``/``conv`` op: ``y = layer(sign(x - act_shift) if binary else x)``; with fused
+    thresholds the output is the ±1 form of the packed bits, ``+1 if (acc >= thresh) XOR flip``."""
+    a = op.attrs
     conv = op.op == "conv"
     if conv:
         kh, kw = a["kernel_size"]
-        g = a.get("groups", 1)
-        k = kh * kw * a["in_channels"] // g
+        k = kh * kw * a["in_channels"] // a.get("groups", 1)
     else:
         k = a["in_features"]
-    fused = a.get("output") == "bits"
-    bias: Tensor | None
-    if mode == "float":
-        w = _tensor(packed, op, "weight")
-        bias = _tensor(packed, op, "bias") if "bias" in op.tensors else None
-    else:  # ±1 from the bits; scaled by alpha unless the thresholds take the accumulator
-        bits = packed.tensors[op.tensors["bits"]]
-        w = torch.from_numpy(kernels.unpack_bits(bits, k).astype(np.float32))
-        if fused:
-            bias = None
-        else:
-            w = w * _tensor(packed, op, "alpha")[:, None]
-            bias = _tensor(packed, op, "beta")
-    layer: nn.Conv2d | nn.Linear
-    if conv:
-        cout = a["out_channels"]
-        layer = nn.Conv2d(
-            a["in_channels"],
-            cout,
-            (kh, kw),
-            tuple(a["stride"]),
-            tuple(a["padding"]),
-            groups=a.get("groups", 1),
-            bias=bias is not None,
-        )
-        # stored rows are in NHWC im2col order (Cout, kh, kw, Cin/g)
-        w = w.reshape(cout, kh, kw, -1).permute(0, 3, 1, 2).contiguous()
-    else:
-        layer = nn.Linear(a["in_features"], a["out_features"], bias=bias is not None)
-    with torch.no_grad():
-        layer.weight.copy_(w)
-        if bias is not None:
-            layer.bias.copy_(bias)
-    thresh = flip = None
+    w, bias, fused = _layer_weight(packed, op, k)
+    sign_input = a["mode"] == "binary" and a.get("input") != "bits"  # packed bits are ±1 here
+    bufs: dict[str, Tensor] = {}
+    if conv:  # stored rows are in NHWC im2col order (Cout, kh, kw, Cin/g)
+        w = w.reshape(a["out_channels"], kh, kw, -1).permute(0, 3, 1, 2)
+        w = w.contiguous(memory_format=torch.channels_last)
+    bufs["weight"] = w
+    if bias is not None:
+        bufs["bias"] = bias
+    if sign_input and "act_shift" in op.tensors:
+        bufs["shift"] = _f32(packed.tensors[op.tensors["act_shift"]])
     if fused:
-        thresh = _tensor(packed, op, "thresh")
-        flip = torch.from_numpy(packed.tensors[op.tensors["flip"]].astype(bool))
-    sign_input = mode == "binary" and a.get("input") != "bits"  # packed bits are ±1 here already
-    return _Layer(layer, sign_input, thresh, flip)
+        bufs["thresh"] = _f32(packed.tensors[op.tensors["thresh"]])
+        bufs["flip"] = torch.from_numpy(packed.tensors[op.tensors["flip"]].astype(bool))
+    stride, padding, groups = (
+        tuple(a.get("stride", (1, 1))),
+        tuple(a.get("padding", (0, 0))),
+        a.get("groups", 1),
+    )
+
+    def fn(s: _Step, x: Tensor) -> Tensor:
+        if sign_input:
+            x = _sign(x - s.shift if "shift" in bufs else x)
+        b = s.bias if "bias" in bufs else None
+        if conv:
+            y = _nhwc(F.conv2d(_nchw(x), s.weight, b, stride, padding, 1, groups))
+        else:
+            y = F.linear(x, s.weight, b)
+        if not fused:
+            return y
+        return torch.where((y >= s.thresh) ^ s.flip, 1.0, -1.0).to(y.dtype)
+
+    return _Step(fn, **bufs)
+
+
+def _operand(
+    packed: PackedModel, op: Op, xs: tuple[Tensor, ...], other: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    if other is None:
+        return xs[0], xs[1]
+    return (other, xs[0]) if op.attrs.get("other_first") else (xs[0], other)
+
+
+_UNARY: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "hardswish": F.hardswish,
+    "hardsigmoid": F.hardsigmoid,
+    "exp": torch.exp,
+    "neg": torch.neg,
+    "sqrt": torch.sqrt,
+    "rsqrt": torch.rsqrt,
+    "erf": torch.erf,
+    "abs": torch.abs,
+    "log": torch.log,
+}
+
+_BINARY: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "add": torch.add,
+    "sub": torch.sub,
+    "mul": torch.mul,
+    "div": torch.div,
+    "pow": torch.pow,
+    "maximum": torch.maximum,
+    "minimum": torch.minimum,
+    "eq": lambda a, b: torch.eq(a, b).float(),
+    "ne": lambda a, b: torch.ne(a, b).float(),
+    "lt": lambda a, b: torch.lt(a, b).float(),
+    "le": lambda a, b: torch.le(a, b).float(),
+    "gt": lambda a, b: torch.gt(a, b).float(),
+    "ge": lambda a, b: torch.ge(a, b).float(),
+}
+
+
+def _tensor_of(packed: PackedModel, op: Op, role: str) -> Tensor:
+    v = np.asarray(packed.tensors[op.tensors[role]])
+    return torch.from_numpy(v.astype(np.float32) if v.dtype == np.float64 else v.copy())
+
+
+def _pool(op: Op) -> Callable[[_Step, Tensor], Tensor]:
+    """``pool2d`` (and the legacy ``maxpool``) on NHWC values, with the runtime's far-edge
+    ``extra_padding`` (torch's ceil mode) never counted in averages."""
+    a = op.attrs
+    kind = a.get("kind", "max")
+    legacy = op.op == "maxpool"  # one int for both axes
+    k = (a["kernel_size"],) * 2 if legacy else tuple(a["kernel_size"])
+    s = (a["stride"],) * 2 if legacy else tuple(a["stride"])
+    p = tuple(a.get("padding", (0, 0)))
+    eh, ew = a.get("extra_padding", (0, 0))
+    inc = a.get("count_include_pad", True)
+
+    def fn(st: _Step, x: Tensor) -> Tensor:
+        y = _nchw(x)
+        if kind == "max":
+            if eh or ew:
+                y = F.pad(y, (0, ew, 0, eh), value=float("-inf"))
+            return _nhwc(F.max_pool2d(y, k, s, p))
+        if not (eh or ew):
+            return _nhwc(F.avg_pool2d(y, k, s, p, count_include_pad=inc))
+        ones = torch.ones_like(y[:1, :1])
+        if inc:  # the zero padding counts, the far edge does not
+            y, ones = (
+                F.pad(y, (p[1], p[1], p[0], p[0])),
+                F.pad(ones, (p[1], p[1], p[0], p[0]), value=1.0),
+            )
+            pp = (0, 0)
+        else:
+            pp = p
+        y, ones = F.pad(y, (0, ew, 0, eh)), F.pad(ones, (0, ew, 0, eh))
+        total = F.avg_pool2d(y, k, s, pp, count_include_pad=True, divisor_override=1)
+        count = F.avg_pool2d(ones, k, s, pp, count_include_pad=True, divisor_override=1)
+        return _nhwc(total / count)
+
+    return fn
+
+
+def _expand(shape: list[int]) -> Callable[[_Step, Tensor], Tensor]:
+    def fn(s: _Step, x: Tensor) -> Tensor:
+        lead = len(shape) - x.dim()
+        full = [x.shape[i - lead] if v == -1 else v for i, v in enumerate(shape)]
+        return x.expand(*full)
+
+    return fn
+
+
+def _generic(packed: PackedModel, op: Op) -> _Step | None:
+    """The torch step of a general op (:mod:`onebit.runtime.generic`), or None."""
+    a, kind = op.attrs, op.op
+    role = {r: _tensor_of(packed, op, r) for r in op.tensors}
+    if kind == "transpose":
+        return _Step(lambda s, x: x.permute(*a["perm"]))
+    if kind == "reshape":
+        return _Step(lambda s, x: x.reshape(a["shape"]))
+    if kind == "expand":
+        return _Step(_expand(a["shape"]))
+    if kind in ("binary", "matmul"):
+        f = torch.matmul if kind == "matmul" else _BINARY[a["fn"]]
+        has = "other" in role
+        return _Step(lambda s, *xs: f(*_operand(packed, op, xs, s.other if has else None)), **role)
+    if kind == "unary":
+        return _Step(lambda s, x: _UNARY[a["fn"]](x))
+    if kind == "where":
+
+        def where(s: _Step, *xs: Tensor) -> Tensor:
+            it = iter(xs)
+            c, x, y = (getattr(s, r) if r in role else next(it) for r in ("cond", "x", "y"))
+            return torch.where(c.bool(), x, y)
+
+        return _Step(where, **role)
+    if kind == "softmax":
+        f = F.log_softmax if a.get("log") else F.softmax
+        return _Step(lambda s, x: f(x, dim=a["axis"]))
+    if kind == "layer_norm":
+        n, eps = len(a["axes"]), a["eps"]
+        if "weight" in role:  # the normalized shape as a constant (the ONNX export needs one)
+            shape = tuple(role["weight"].shape)
+            return _Step(
+                lambda s, x: F.layer_norm(x, shape, s.weight, getattr(s, "bias", None), eps),
+                **role,
+            )
+
+        def norm(s: _Step, x: Tensor) -> Tensor:
+            dims = tuple(range(-n, 0))
+            mu = x.mean(dims, keepdim=True)
+            y = (x - mu) * torch.rsqrt(((x - mu) ** 2).mean(dims, keepdim=True) + eps)
+            return y + s.bias if "bias" in role else y
+
+        return _Step(norm, **role)
+    if kind == "reduce":
+        f = {"mean": torch.mean, "sum": torch.sum, "amax": torch.amax, "amin": torch.amin}[a["fn"]]
+        return _Step(lambda s, x: f(x, dim=tuple(a["axes"]), keepdim=a["keepdim"]))
+    if kind == "cat":
+        return _Step(lambda s, *xs: torch.cat(xs, dim=a["axis"]))
+    if kind == "pool2d":
+        return _Step(_pool(op))
+    if kind == "embedding":
+        if "weight" in role:
+            w = role["weight"]
+        else:
+            bits = packed.tensors[op.tensors["bits"]]
+            w = torch.from_numpy(kernels.unpack_bits(bits, a["dim"]).astype(np.float32))
+            w = w * role["alpha"][:, None]
+        return _Step(lambda s, ids: F.embedding(ids.long(), s.weight), weight=w)
+    if kind == "cast":
+        dt = {"float32": torch.float32, "int64": torch.int64}[a["dtype"]]
+        return _Step(lambda s, x: x.to(dt))
+    if kind == "constant":
+
+        def constant(s: _Step, *like: Tensor) -> Tensor:
+            v = s.value
+            return v if not like else v.expand(like[0].shape[0], *v.shape[1:])
+
+        return _Step(constant, **role)
+    return None
+
+
+def _legacy(packed: PackedModel, op: Op) -> _Step | None:
+    """The torch step of an op of the first format versions (NHWC values, as the runtime)."""
+    a, kind = op.attrs, op.op
+    if kind in ("linear", "conv"):
+        return _layer(packed, op)
+    if kind == "affine":
+        return _Step(
+            lambda s, x: x * s.scale + s.shift,
+            scale=_tensor_of(packed, op, "scale"),
+            shift=_tensor_of(packed, op, "shift"),
+        )
+    if kind == "relu":
+        return _Step(lambda s, x: F.relu(x))
+    if kind == "hardtanh":
+        return _Step(lambda s, x: F.hardtanh(x, a["min"], a["max"]))
+    if kind == "maxpool":
+        return _Step(_pool(op))
+    if kind == "avgpool":
+        return _Step(lambda s, x: x.mean(dim=(1, 2)))
+    if kind == "flatten":  # torch flattens NCHW: channel-major order
+        return _Step(lambda s, x: torch.flatten(_nchw(x) if x.dim() == 4 else x, 1))
+    if kind == "add":
+        return _Step(lambda s, x, y: x + y)
+    if kind == "slice":
+        index = tuple(slice(*v) for v in a["slices"])
+        return _Step(lambda s, x: x[index])
+    if kind == "pad":
+        flat = [v for pair in reversed(a["pads"]) for v in pair]  # last axis first
+        return _Step(lambda s, x: F.pad(x, flat, value=float(a.get("value", 0.0))))
+    return None
 
 
 def _step(packed: PackedModel, op: Op) -> nn.Module:
-    """The torch module that computes ``op`` on NCHW (or ``(N, F)``) float32 tensors."""
-    a = op.attrs
-    if op.op in ("linear", "conv"):
-        return _layer(packed, op)
-    if op.op == "affine":
-        return _Affine(_tensor(packed, op, "scale"), _tensor(packed, op, "shift"))
-    if op.op == "relu":
-        return nn.ReLU()
-    if op.op == "hardtanh":
-        return nn.Hardtanh(a["min"], a["max"])
-    if op.op == "maxpool":
-        return nn.MaxPool2d(a["kernel_size"], a["stride"])
-    if op.op == "avgpool":
-        return _GlobalAvgPool()
-    if op.op == "flatten":
-        return _Flatten()
-    if op.op == "add":
-        return _Add()
-    if op.op == "slice":
-        return _Slice(a["slices"])
-    if op.op == "pad":
-        return _Pad(a["pads"], float(a.get("value", 0.0)))
-    raise OnebitError(f"the float twin does not know op {op.op!r} ({op.name}).")
+    """The torch module that computes ``op`` on values in the runtime's layout."""
+    step = _legacy(packed, op) or _generic(packed, op)
+    if step is None:
+        raise OnebitError(f"the float twin does not know op {op.op!r} ({op.name}).")
+    return step
 
 
 class FloatTwin(nn.Module):
-    """A packed graph run in torch float32: one module per op, executed in the graph's order.
+    """A packed graph run in torch float32: one module per op, executed in the graph's order,
+    on values laid out as the runtime lays them out (NHWC after convolutions: torch sees them as
+    channels_last NCHW views, so no copies are made for it).
 
     Binary layers are float layers whose weights are ``alpha * (±1)`` unpacked from the bits
     and whose bias is the stored ``beta`` (BatchNorm folded in as packed); XNOR layers take
-    ``sign`` of their input; fused XNOR layers keep ±1 weights and apply their integer
-    thresholds (see :class:`_Layer`). Values are NCHW where the runtime's are NHWC.
+    ``sign`` of their (shifted) input; fused XNOR layers keep ±1 weights and apply their integer
+    thresholds (see :func:`_layer`). Inputs are what the packed model takes: NCHW images (files
+    of the first versions are transposed to NHWC first, as the runtime does), features, ids.
     """
 
     def __init__(self, packed: PackedModel) -> None:
         super().__init__()
+        self.nhwc_input = packed.input.get("layout") != "graph"
         self.steps = nn.ModuleList()
         self.plan: list[tuple[str, list[str]]] = []  # (value name, input names); "" = output
         for op in packed.ops:
@@ -237,6 +363,8 @@ class FloatTwin(nn.Module):
             self.plan.append((op.name, list(op.inputs)))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.nhwc_input and x.dim() == 4:
+            x = _nhwc(x)
         env = {"input": x}
         steps = iter(self.steps)
         for name, inputs in self.plan:
@@ -244,6 +372,20 @@ class FloatTwin(nn.Module):
                 return env[inputs[0]]
             env[name] = next(steps)(*(env[i] for i in inputs))
         raise OnebitError("the packed graph has no output op.")
+
+
+def example_batch(packed: PackedModel, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` inputs the packed model takes: standard normal floats, or token ids below the
+    smallest vocabulary of its embeddings for integer inputs."""
+    shape = (n, *packed.input.get("shape", ()))
+    if packed.input.get("dtype") != "int64":
+        return rng.standard_normal(shape, dtype=np.float32)
+    rows = [
+        packed.tensors[op.tensors["weight" if "weight" in op.tensors else "bits"]].shape[0]
+        for op in packed.ops
+        if op.op == "embedding"
+    ]
+    return rng.integers(0, min(rows, default=2), shape, dtype=np.int64)
 
 
 def float_twin(packed: PackedModel) -> FloatTwin:
@@ -281,7 +423,7 @@ def _median_time(fn: Callable[[], Any], repeats: int, min_seconds: float = 0.2) 
     return statistics.median(times)
 
 
-def _onnx_models(twin: nn.Module, shape: tuple[int, ...], folder: str) -> tuple[str, str] | None:
+def _onnx_models(twin: nn.Module, example: Tensor, folder: str) -> tuple[str, str] | None:
     """The twin as ONNX (float) and its dynamically quantized copy (int8), or None without
     onnxruntime / onnx."""
     try:
@@ -297,7 +439,7 @@ def _onnx_models(twin: nn.Module, shape: tuple[int, ...], folder: str) -> tuple[
         warnings.simplefilter("ignore")
         torch.onnx.export(
             twin,
-            (torch.zeros(2, *shape),),
+            (example,),
             fp,
             input_names=["input"],
             output_names=["logits"],
@@ -343,13 +485,13 @@ def bench(
     if int8 is None:  # the int8 path changes only binary-weight layers with float inputs
         int8 = any(op.attrs.get("mode") == "binary_weights" for op in packed.ops)
     twin = float_twin(packed)
-    shape = tuple(packed.input["shape"])
-    conv = any(isinstance(m, torch.nn.Conv2d) for m in twin.modules())
+    conv = any(op.op == "conv" for op in packed.ops)
     wanted = list(baselines)
     if "torch_bf16" in wanted and not has_fast_bf16():
         wanted.remove("torch_bf16")
     tmp = tempfile.TemporaryDirectory()
-    onnx = _onnx_models(twin, shape, tmp.name) if {"ort_fp32", "ort_int8"} & set(wanted) else None
+    example = torch.from_numpy(example_batch(packed, 2, np.random.default_rng(1)))
+    onnx = _onnx_models(twin, example, tmp.name) if {"ort_fp32", "ort_int8"} & set(wanted) else None
     if onnx is None:
         wanted = [b for b in wanted if not b.startswith("ort")]
     if conv:
@@ -369,7 +511,7 @@ def bench(
                 if "ort_int8" in wanted:
                     sessions["ort_int8"] = _ort_session(onnx[1], t)
             for b in batches:
-                x = rng.standard_normal((b, *shape), dtype=np.float32)
+                x = example_batch(packed, b, rng)
                 xt = torch.from_numpy(x)
                 if conv:
                     xt = xt.contiguous(memory_format=torch.channels_last)
@@ -430,7 +572,7 @@ def bench(
                     approx = packed(x)
                     scale = float(np.abs(exact).max()) or 1.0
                     row["int8_agreement"] = {
-                        "argmax": float((exact.argmax(1) == approx.argmax(1)).mean()),
+                        "argmax": float((exact.argmax(-1) == approx.argmax(-1)).mean()),
                         "max_abs_diff": float(np.abs(exact - approx).max()),
                         "max_abs_diff_rel": float(np.abs(exact - approx).max()) / scale,
                     }
@@ -440,7 +582,7 @@ def bench(
         kernels.set_num_threads(threads[0])
         set_activations(packed, "float")
         profile: dict[str, float] = {}
-        x1 = rng.standard_normal((1, *shape), dtype=np.float32)
+        x1 = example_batch(packed, 1, rng)
         n = 50
         for _ in range(n):
             packed(x1, profile=profile)

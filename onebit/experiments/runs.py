@@ -11,6 +11,7 @@ import copy
 import datetime as _dt
 import functools
 import json
+import logging
 import os
 import platform
 import secrets
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from onebit.checkpoint import load_checkpoint, load_model_state
-from onebit.convert import binarize_, summary
+from onebit.convert import BinarizeReport, binarize_, summary
 from onebit.data import TEXT_DATASETS, Dataset, load_dataset, subsample, unnormalized
 from onebit.errors import OnebitError
 from onebit.experiments.config import Config, build_method, saved_config
@@ -40,10 +41,13 @@ from onebit.models import build, model_options
 from onebit.settings import cpu_model, torch_settings
 from onebit.training import History, seed_everything, train
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "PreparedRun",
     "RunResult",
     "build_model",
+    "build_reported",
     "environment",
     "load_data",
     "load_run",
@@ -91,6 +95,14 @@ def build_model(
     cfg: Config, data_shape: tuple[int, ...], num_classes: int
 ) -> tuple[nn.Module, Method]:
     """The configured model, binarized by the configured method (weights from the current seed)."""
+    model, method, _ = build_reported(cfg, data_shape, num_classes)
+    return model, method
+
+
+def build_reported(
+    cfg: Config, data_shape: tuple[int, ...], num_classes: int
+) -> tuple[nn.Module, Method, BinarizeReport]:
+    """:func:`build_model` and the report of what ``binarize_`` did to each layer."""
     method = build_method(cfg.method)
     options = dict(cfg.model.options)
     if "act" in model_options(cfg.model.name) and "act" not in options:
@@ -98,8 +110,8 @@ def build_model(
     model = build(cfg.model.name, data_shape, num_classes, **options)
     on_meta = any(p.is_meta for p in model.parameters())
     example = None if on_meta else (example_input(cfg, data_shape, num_classes),)
-    binarize_(model, method, example_inputs=example)
-    return model, method
+    report = binarize_(model, method, example_inputs=example)
+    return model, method, report
 
 
 def example_input(cfg: Config, data_shape: tuple[int, ...], num_classes: int) -> torch.Tensor:
@@ -238,8 +250,11 @@ class PreparedRun:
 
 
 def _build_checked(cfg: Config, data: Dataset) -> tuple[nn.Module, Method]:
+    """The model to train; the binarize report goes to the log (the CLI prints it)."""
     try:
-        return build_model(cfg, data.input_shape, data.num_classes)
+        model, method, report = build_reported(cfg, data.input_shape, data.num_classes)
+        log.info("%s", report.table())
+        return model, method
     except OnebitError:
         raise
     except (RuntimeError, ValueError, TypeError, ZeroDivisionError, IndexError) as e:

@@ -45,6 +45,7 @@ import numpy as np
 
 from onebit.errors import OnebitError
 from onebit.fileio import atomic_write
+from onebit.runtime.generic import GENERIC_OPS
 from onebit.runtime.ops import OPS, Array, Op
 from onebit.runtime.schema import GraphError, check_graph
 
@@ -61,17 +62,22 @@ __all__ = [
 ]
 
 FORMAT = "onebit"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # Version 2 added grouped/depthwise convolutions (``attrs["groups"]``), version 3 the generic
 # ``slice`` and ``pad`` ops (which replaced the architecture-specific ``shortcut_a``). A file is
 # written as the oldest version that describes it, so a model without these still loads in an
 # older reader; one with them is refused by that reader instead of being computed wrongly.
 _V3_OPS = frozenset({"slice", "pad"})
+# Version 4: graphs captured with torch.export (``input.layout = "graph"``), with the general ops
+# of onebit.runtime.generic and layers' input thresholds.
+_V4_OPS = frozenset(GENERIC_OPS)
 
 
 def format_version(ops: list[Op]) -> int:
-    """The oldest format version that describes ``ops``: 3 with ``slice``/``pad`` ops, else 2
-    with grouped convolutions, else 1."""
+    """The oldest format version that describes ``ops``: 4 with the general ops of a captured
+    graph, else 3 with ``slice``/``pad`` ops, else 2 with grouped convolutions, else 1."""
+    if any(op.op in _V4_OPS or "act_shift" in op.tensors for op in ops):
+        return 4
     if any(op.op in _V3_OPS for op in ops):
         return 3
     if any(op.attrs.get("groups", 1) != 1 for op in ops):
@@ -224,6 +230,8 @@ def _stored_op(d: Any) -> Op:
 
 def _needed_version(stored: list[Op]) -> tuple[int, str]:
     """The oldest format version the stored ops need, and why."""
+    if any(op.op in _V4_OPS or "act_shift" in op.tensors for op in stored):
+        return 4, "the general ops of captured graphs (or input thresholds)"
     if any(op.op in _V3_OPS for op in stored):
         return 3, "slice and pad ops"
     if any(op.attrs.get("groups", 1) != 1 for op in stored):
@@ -297,7 +305,12 @@ def read(
             raise GraphError("the graph is not a list of ops")
         stored = [_stored_op(d) for d in raw_graph]
         for op in stored:
-            if op.op not in OPS and op.op not in LEGACY_OPS and op.op != "output":
+            if (
+                op.op not in OPS
+                and op.op not in GENERIC_OPS
+                and op.op not in LEGACY_OPS
+                and op.op != "output"
+            ):
                 raise OnebitError(
                     f"{p} uses op {op.op[:40]!r} that this onebit does not know; upgrade onebit."
                 )

@@ -20,7 +20,13 @@ import numpy.typing as npt
 
 from onebit.errors import OnebitError
 from onebit.runtime import format as fmt
+from onebit.runtime.generic import GENERIC_OPS
 from onebit.runtime.ops import OPS, OPS_INPLACE, STRIDED_OPS, VIEW_OPS, Array, Op
+
+TABLE = {**OPS, **GENERIC_OPS}
+"""Every op the interpreter runs: the layers and layer-like ops, and the general ones."""
+# views of their input (never written in place by the op after them)
+_VIEWS = VIEW_OPS | {"transpose", "expand", "constant", "reshape"}
 
 __all__ = ["PackedModel", "load", "serial_blas"]
 
@@ -72,23 +78,52 @@ class PackedModel:
     source: dict[str, Any] = field(default_factory=dict)
     cache: dict[Any, Array] = field(default_factory=dict, repr=False)  # derived, never saved
 
-    def __call__(self, x: npt.ArrayLike, profile: dict[str, float] | None = None) -> Array:
-        """Logits for normalized float32 inputs ``(N, C, H, W)`` or ``(N, F)``.
+    def __call__(
+        self, x: npt.ArrayLike, profile: dict[str, float] | None = None, **inputs: npt.ArrayLike
+    ) -> Array:
+        """Logits for normalized float32 inputs ``(N, C, H, W)`` or ``(N, F)`` (or token ids).
 
         Args:
             x: the batch.
             profile: when given, seconds spent per op are added to it (a per-layer breakdown).
+            inputs: the file's further inputs by name (``input["extra"]``, e.g. an
+                ``attention_mask`` of a captured transformer), each with the batch of ``x``.
         """
-        xa = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+        graph = self.input.get("layout") == "graph"
+        dtype = np.int64 if self.input.get("dtype") == "int64" else np.float32
+        xa = np.ascontiguousarray(np.asarray(x, dtype=dtype))
         shape = tuple(self.input.get("shape", ()))
         if shape and tuple(xa.shape[1:]) != shape:
             raise OnebitError(
                 f"inputs have shape {tuple(xa.shape[1:])} per example; the model expects {shape}."
             )
-        if xa.ndim == 4:
+        if xa.ndim == 4 and not graph:  # older files: the graph starts from NHWC
             xa = np.ascontiguousarray(xa.transpose(0, 2, 3, 1))  # NCHW -> NHWC
+        extra = self._extra_inputs(xa.shape[0], inputs)
         with serial_blas():
-            return self._run(xa, profile)
+            return self._run(xa, profile, extra)
+
+    def _extra_inputs(self, n: int, given: dict[str, npt.ArrayLike]) -> dict[str, Array]:
+        """The file's further inputs from the caller's keywords, checked."""
+        specs = {e["name"]: e for e in self.input.get("extra", [])}
+        unknown = sorted(set(given) - set(specs))
+        if unknown:
+            known = ", ".join(specs) or "none"
+            raise OnebitError(f"the model has no input {unknown[0]!r} (its other inputs: {known}).")
+        missing = [k for k in specs if k not in given]
+        if missing:
+            raise OnebitError(f"the model also needs the input {missing[0]!r}; pass it by name.")
+        out = {}
+        for name, e in specs.items():
+            a = np.ascontiguousarray(
+                np.asarray(given[name], dtype=np.int64 if e["dtype"] == "int64" else np.float32)
+            )
+            if a.shape != (n, *e["shape"]):
+                raise OnebitError(
+                    f"input {name!r} has shape {a.shape}; the model expects {(n, *e['shape'])}."
+                )
+            out[name] = a
+        return out
 
     def _in_place(self) -> frozenset[str]:
         """Names of the ops that may overwrite their first input: an elementwise op that is the
@@ -98,7 +133,8 @@ class PackedModel:
             for op in self.ops:
                 for i in op.inputs:
                     readers[i] = readers.get(i, 0) + 1
-            views = {op.name for op in self.ops if op.op in VIEW_OPS} | {"input"}
+            views = {op.name for op in self.ops if op.op in _VIEWS} | {"input"}
+            views |= {e["name"] for e in self.input.get("extra", [])}  # the caller's arrays
             self.cache["in_place"] = frozenset(  # type: ignore[assignment]
                 op.name
                 for op in self.ops
@@ -109,15 +145,17 @@ class PackedModel:
             )
         return self.cache["in_place"]  # type: ignore[return-value]
 
-    def _run(self, xa: Array, profile: dict[str, float] | None) -> Array:
-        env: dict[str, Array] = {"input": xa}
+    def _run(
+        self, xa: Array, profile: dict[str, float] | None, extra: dict[str, Array] | None = None
+    ) -> Array:
+        env: dict[str, Array] = {"input": xa, **(extra or {})}
         in_place = self._in_place()
         for op in self.ops:
             t0 = time.perf_counter() if profile is not None else 0.0
             if op.op == "output":
                 return np.ascontiguousarray(env[op.inputs[0]])
             own = op.name in in_place and env[op.inputs[0]].dtype == np.float32
-            fn = OPS_INPLACE[op.op] if own else OPS[op.op]
+            fn = OPS_INPLACE[op.op] if own else TABLE[op.op]
             try:
                 y = fn(self, op, *(env[i] for i in op.inputs))
             except (ValueError, IndexError, KeyError, TypeError) as e:
@@ -141,6 +179,11 @@ class PackedModel:
         for a pixel model they must lie in [0, 1] (that is, ``x / 255``). NaN and infinite
         values, integers outside 0..255 and non-numbers are refused with one sentence.
         """
+        if self.input.get("dtype") == "int64":  # token ids: as they are
+            ids = np.asarray(x)
+            if not np.issubdtype(ids.dtype, np.integer):
+                raise OnebitError(f"the model takes integer token ids, not {ids.dtype} values.")
+            return ids.astype(np.int64)[None] if ids.ndim == len(self.input["shape"]) else ids
         xf = _raw_inputs(np.asarray(x), self.input.get("pixels"))
         shape = tuple(self.input["shape"])
         if xf.shape == shape:  # one example

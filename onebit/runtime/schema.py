@@ -60,10 +60,11 @@ class Value:
 
 @dataclass(frozen=True)
 class Role:
-    """A tensor an op reads: its dtype and its exact shape."""
+    """A tensor an op reads: its dtype and its exact shape (None: any, for the constants of a
+    captured graph's general ops, whose shapes broadcast against their inputs)."""
 
     dtype: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...] | None
 
 
 # --- attribute rules: value -> None if accepted, else what is accepted --------------------------
@@ -140,6 +141,7 @@ ATTR_RULES: dict[str, Rule] = {
     "slices": slices,
     "pads": pads,
     "value": number,
+    "graph": lambda v: None if v is True else "true",
 }
 """The rule of each attribute name (an op's row says which names it accepts)."""
 
@@ -154,7 +156,7 @@ class OpSpec:
     """One op kind.
 
     Attributes:
-        inputs: how many inputs it takes.
+        inputs: how many inputs it takes (or the counts it accepts).
         required: attributes it must have.
         optional: attributes it may have.
         roles: ``(attrs, inputs) -> {role: Role}``, the tensors it needs, and ``optional_roles``
@@ -163,7 +165,7 @@ class OpSpec:
         rules: attribute rules that differ from :data:`ATTR_RULES` for this op.
     """
 
-    inputs: int
+    inputs: int | tuple[int, ...]
     required: tuple[str, ...] = ()
     optional: tuple[str, ...] = ("module",)
     roles: Callable[[dict[str, Any], list[Value]], dict[str, Role]] = lambda a, v: {}
@@ -314,6 +316,8 @@ def _pad_infer(a: dict[str, Any], v: list[Value]) -> Value:
 
 def _output_infer(a: dict[str, Any], v: list[Value]) -> Value:
     x = _float_in(v[0], "the output")
+    if a.get("graph"):  # a captured graph: logits per example of any shape ((T, V) for text)
+        return x
     if len(x.shape) != 1:
         raise GraphError(f"the output has per-example shape {x.shape}, not (classes,)")
     return x
@@ -355,9 +359,268 @@ SCHEMA: dict[str, OpSpec] = {
     "add": OpSpec(2, infer=_add_infer),
     "slice": OpSpec(1, ("slices",), infer=_slice_infer),
     "pad": OpSpec(1, ("pads",), ("module", "value"), infer=_pad_infer),
-    "output": OpSpec(1, optional=(), infer=_output_infer),
+    "output": OpSpec(1, optional=("graph",), infer=_output_infer),
 }
-"""One row per op kind the runtime runs (``output`` ends the graph)."""
+"""One row per op kind the runtime runs (``output`` ends the graph); the general ops of captured
+graphs (:mod:`onebit.runtime.generic`) are added below."""
+
+
+# --- the general ops of captured graphs (format version 4) -----------------------------------
+# Values carry the batch (or what the leading axis became) in axis 0, which rows leave out:
+# shapes here are per example, and full shapes in attributes start with -1 for that axis.
+
+
+def _full_shape(v: Any) -> str | None:
+    ok = isinstance(v, list) and v and v[0] == -1 and all(_is_int(n) and n >= 1 for n in v[1:])
+    return None if ok else "a full shape [-1, sizes >= 1...]"
+
+
+def _expand_shape(v: Any) -> str | None:
+    ok = (
+        isinstance(v, list)
+        and v
+        and v[0] == -1
+        and all(_is_int(n) and (n >= 1 or n == -1) for n in v[1:])
+    )
+    return None if ok else "a full shape [-1, sizes >= 1 or -1...]"
+
+
+def _int_list(v: Any) -> str | None:
+    return None if isinstance(v, list) and all(_is_int(e) for e in v) else "a list of whole numbers"
+
+
+def _axis_rule(v: Any) -> str | None:
+    return None if _is_int(v) else "a whole number"
+
+
+GRAPH_RULES: dict[str, Rule] = {
+    "perm": _int_list,
+    "shape": _full_shape,
+    "fn": text,
+    "other_first": lambda v: None if isinstance(v, bool) else "true or false",
+    "axis": _axis_rule,
+    "axes": _int_list,
+    "keepdim": lambda v: None if isinstance(v, bool) else "true or false",
+    "eps": lambda v: None if _is_number(v) and v > 0 else "a finite number > 0",
+    "log": lambda v: None if isinstance(v, bool) else "true or false",
+    "kind": one_of("max", "avg"),
+    "count_include_pad": lambda v: None if isinstance(v, bool) else "true or false",
+    "extra_padding": pair_at_least(0),
+    "dim": int_at_least(1),
+    "dtype": one_of("float32", "int64"),
+}
+ATTR_RULES.update(GRAPH_RULES)
+
+_UNARY = (
+    "relu",
+    "gelu",
+    "gelu_tanh",
+    "silu",
+    "sigmoid",
+    "tanh",
+    "hardswish",
+    "hardsigmoid",
+    "exp",
+    "neg",
+    "sqrt",
+    "rsqrt",
+    "erf",
+    "abs",
+    "log",
+)
+_BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt",
+           "ge")  # fmt: skip
+
+
+def _full_axis(v: Value, a: int) -> int:
+    """An axis of the full value (batch = 0), normalized; GraphError when out of range."""
+    n = len(v.shape) + 1
+    if not -n <= a < n:
+        raise GraphError(f"axis {a} is out of range for a {n}-D value")
+    a %= n
+    if a == 0:
+        raise GraphError("it works along the batch axis")
+    return a
+
+
+def _dynamic_role(dtype: str) -> Role:
+    return Role(dtype, None)  # type: ignore[arg-type]  # any shape: checked by broadcasting
+
+
+def _broadcast(x: tuple[int, ...], c: tuple[int, ...]) -> tuple[int, ...]:
+    """Per-example shape of ``x`` (full ``(-1, *x)``) broadcast with a full constant shape."""
+    try:
+        full = np.broadcast_shapes((2, *x), c)
+    except ValueError:
+        raise GraphError(f"shapes {(-1, *x)} and {c} do not broadcast") from None
+    if full[0] != 2:
+        raise GraphError(f"a constant of shape {c} does not broadcast over the batch")
+    return tuple(full[1:])
+
+
+def _transpose_infer(a: dict[str, Any], v: list[Value]) -> Value:
+    p, x = a["perm"], v[0]
+    if sorted(p) != list(range(1 + len(x.shape))) or p[0] != 0:
+        raise GraphError(f"perm {p} is not a permutation keeping the batch axis first")
+    return Value(x.kind, tuple(x.shape[i - 1] for i in p[1:]))
+
+
+def _binary_infer(a: dict[str, Any], v: list[Value], tensors: Mapping[str, Any]) -> Value:
+    if a["fn"] not in _BINARY:
+        raise GraphError(f"fn {a['fn']!r} is not one of {', '.join(_BINARY)}")
+    if len(v) == 2:
+        return Value("float", _broadcast(v[0].shape, (1, *v[1].shape)))
+    return Value("float", v[0].shape)
+
+
+def _unary_infer(a: dict[str, Any], v: list[Value]) -> Value:
+    if a["fn"] not in _UNARY:
+        raise GraphError(f"fn {a['fn']!r} is not one of {', '.join(_UNARY)}")
+    return _float_in(v[0], "unary")
+
+
+def _reduce_infer(a: dict[str, Any], v: list[Value]) -> Value:
+    if a["fn"] not in ("mean", "sum", "amax", "amin"):
+        raise GraphError(f"fn {a['fn']!r} is not one of mean, sum, amax, amin")
+    x = _float_in(v[0], "reduce")
+    axes = {_full_axis(x, d) for d in a["axes"]}
+    full = [1 if i in axes else n for i, n in enumerate((-1, *x.shape))]
+    return Value(
+        "float", tuple(n for i, n in enumerate(full) if i and (a["keepdim"] or i not in axes))
+    )
+
+
+def _cat_infer(a: dict[str, Any], v: list[Value]) -> Value:
+    ax = _full_axis(v[0], a["axis"])
+    base = list(v[0].shape)
+    for x in v[1:]:
+        if len(x.shape) != len(base) or any(
+            n != m for i, (n, m) in enumerate(zip(x.shape, base, strict=True)) if i != ax - 1
+        ):
+            raise GraphError(f"it concatenates values of shapes {v[0].shape} and {x.shape}")
+    base[ax - 1] = sum(x.shape[ax - 1] for x in v)
+    return Value("float", tuple(base))
+
+
+def _matmul_infer(a: dict[str, Any], v: list[Value]) -> Value:
+    return Value("float", v[0].shape)  # the products' shapes are checked when they run
+
+
+def _pool_infer(a: dict[str, Any], v: list[Value]) -> Value:
+    x = _float_in(v[0], "pool2d")
+    if len(x.shape) != 3:
+        raise GraphError(f"its input has per-example shape {x.shape}, not an (H, W, C) image")
+    h, w, c = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = a["kernel_size"], a["stride"], a["padding"]
+    eh, ew = a.get("extra_padding", [0, 0])
+    ho, wo = conv_output_size(h + eh, kh, sh, ph), conv_output_size(w + ew, kw, sw, pw)
+    if ho < 1 or wo < 1:
+        raise GraphError(f"a {kh}x{kw} window does not fit its {h}x{w} input")
+    return Value("float", (ho, wo, c))
+
+
+def _embedding_infer(a: dict[str, Any], v: list[Value]) -> Value:
+    if v[0].kind != "int":
+        raise GraphError("its input is not integer ids")
+    return Value("float", (*v[0].shape, a["dim"]))
+
+
+def _embedding_roles(a: dict[str, Any], v: list[Value]) -> dict[str, Role]:
+    return {}
+
+
+def _embedding_optional(a: dict[str, Any], v: list[Value]) -> dict[str, Role]:
+    return {
+        "weight": _dynamic_role("float32"),
+        "bits": _dynamic_role("uint64"),
+        "alpha": _dynamic_role("float32"),
+    }
+
+
+def _reshape_infer(a: dict[str, Any], v: list[Value]) -> Value:
+    return Value(v[0].kind, tuple(a["shape"][1:]))
+
+
+def _expand_infer(a: dict[str, Any], v: list[Value]) -> Value:
+    x, shape = v[0], a["shape"][1:]
+    lead = len(shape) - len(x.shape)
+    if lead < 0:
+        raise GraphError(f"it expands {x.shape} to fewer axes {shape}")
+    out = tuple(x.shape[i - lead] if n == -1 else n for i, n in enumerate(shape))
+    _broadcast(x.shape, (1, *out))
+    return Value(x.kind, out)
+
+
+def _cast_infer(a: dict[str, Any], v: list[Value]) -> Value:
+    return Value("int" if a["dtype"] == "int64" else "float", v[0].shape)
+
+
+def _const_role(v: list[Value]) -> dict[str, Role]:
+    return {"other": _dynamic_role("float32")}
+
+
+SCHEMA.update(
+    {
+        "transpose": OpSpec(1, ("perm",), infer=_transpose_infer),
+        "reshape": OpSpec(1, ("shape",), infer=_reshape_infer),
+        "expand": OpSpec(1, ("shape",), infer=_expand_infer, rules={"shape": _expand_shape}),
+        "binary": OpSpec(
+            (1, 2),
+            ("fn",),
+            ("module", "other_first"),
+            optional_roles=lambda a, v: _const_role(v) if len(v) == 1 else {},
+            infer=lambda a, v: _binary_infer(a, v, {}),
+        ),
+        "unary": OpSpec(1, ("fn",), infer=_unary_infer),
+        "where": OpSpec(
+            (1, 2, 3),
+            optional_roles=lambda a, v: {
+                r: _dynamic_role("uint8" if r == "cond" else "float32") for r in ("cond", "x", "y")
+            },
+            infer=lambda a, v: Value("float", v[0].shape),
+        ),
+        "softmax": OpSpec(
+            1,
+            ("axis",),
+            ("module", "log"),
+            infer=lambda a, v: _full_axis(v[0], a["axis"]) and _float_in(v[0], "softmax"),
+        ),
+        "layer_norm": OpSpec(
+            1,
+            ("axes", "eps"),
+            optional_roles=lambda a, v: {
+                "weight": _dynamic_role("float32"),
+                "bias": _dynamic_role("float32"),
+            },
+            infer=lambda a, v: _float_in(v[0], "layer_norm"),
+        ),
+        "reduce": OpSpec(1, ("fn", "axes", "keepdim"), infer=_reduce_infer),
+        "cat": OpSpec(tuple(range(1, 65)), ("axis",), infer=_cat_infer),
+        "matmul": OpSpec(
+            (1, 2),
+            (),
+            ("module", "other_first"),
+            optional_roles=lambda a, v: _const_role(v) if len(v) == 1 else {},
+            infer=_matmul_infer,
+        ),
+        "pool2d": OpSpec(
+            1,
+            ("kind", "kernel_size", "stride", "padding"),
+            ("module", "count_include_pad", "extra_padding"),
+            infer=_pool_infer,
+        ),
+        "embedding": OpSpec(
+            1, ("dim",), optional_roles=_embedding_optional, infer=_embedding_infer
+        ),
+        "cast": OpSpec(1, ("dtype",), infer=_cast_infer),
+        "constant": OpSpec(
+            (0, 1),
+            ("shape",),
+            roles=lambda a, v: {"value": _dynamic_role("float32")},
+            infer=lambda a, v: Value("float", tuple(a["shape"][1:])),
+        ),
+    }
+)
 
 
 def _check_attrs(spec: OpSpec, attrs: dict[str, Any]) -> None:
@@ -379,7 +642,7 @@ def _check_tensor(role: str, want: Role, arr: Any, name: str) -> None:
     dtype = getattr(arr, "dtype", None)
     if str(dtype) != want.dtype:
         raise GraphError(f"its tensor {role} ({name!r}) is {dtype}, not {want.dtype}")
-    if tuple(arr.shape) != want.shape:
+    if want.shape is not None and tuple(arr.shape) != want.shape:
         raise GraphError(
             f"its tensor {role} ({name!r}) has shape {tuple(arr.shape)}, not {want.shape}"
         )
@@ -390,8 +653,28 @@ def _check_tensor(role: str, want: Role, arr: Any, name: str) -> None:
 
 
 def _shape_field(v: Any, spec: dict[str, Any]) -> str | None:
+    if spec.get("layout") == "graph":  # a captured graph takes inputs of any rank
+        ok = isinstance(v, list) and 1 <= len(v) <= 6 and all(_is_int(n) and n >= 1 for n in v)
+        return None if ok else "a list of 1 to 6 sizes >= 1"
     ok = isinstance(v, list) and len(v) in (1, 3) and all(_is_int(n) and n >= 1 for n in v)
     return None if ok else "[C, H, W] or [F] of sizes >= 1"
+
+
+def _extra_field(v: Any, spec: dict[str, Any]) -> str | None:
+    """A captured graph's further inputs: ``[{"name", "shape", "dtype"}, ...]``, by name."""
+    want = "a list of {name, shape, dtype} of a captured graph (names unique, not 'input')"
+    if spec.get("layout") != "graph" or not isinstance(v, list) or not 1 <= len(v) <= 16:
+        return want
+    names = set()
+    for e in v:
+        ok = isinstance(e, dict) and set(e) == {"name", "shape", "dtype"}
+        ok = ok and isinstance(e["name"], str) and e["name"].isidentifier()
+        ok = ok and e["name"] not in names | {"input", "output"} and len(e["name"]) <= 64
+        ok = ok and _shape_field(e["shape"], spec) is None and e["dtype"] in ("float32", "int64")
+        if not ok:
+            return want
+        names.add(e["name"])
+    return None
 
 
 def _per_channel(positive: bool) -> Callable[[Any, dict[str, Any]], str | None]:
@@ -409,6 +692,9 @@ INPUT_FIELDS: dict[str, tuple[bool, Callable[[Any, dict[str, Any]], str | None]]
     "mean": (True, _per_channel(False)),
     "std": (True, _per_channel(True)),
     "pixels": (False, lambda v, spec: None if isinstance(v, bool) else "true or false"),
+    "dtype": (False, lambda v, spec: None if v in ("float32", "int64") else "float32 or int64"),
+    "layout": (False, lambda v, spec: None if v == "graph" else "'graph'"),
+    "extra": (False, lambda v, spec: _extra_field(v, spec)),
 }
 """The fields of a file's ``input`` entry: name -> (required, rule); others are refused."""
 
@@ -430,6 +716,8 @@ def check_input_spec(spec: Any) -> Value:
         if accepted is not None:
             raise GraphError(f"its input {key} = {str(spec[key])[:60]} is not {accepted}")
     shape = spec["shape"]
+    if spec.get("layout") == "graph":  # as the model takes it (NCHW images, token ids)
+        return Value("int" if spec.get("dtype") == "int64" else "float", tuple(shape))
     c = shape[0]
     return Value("float", (shape[1], shape[2], c) if len(shape) == 3 else (c,))
 
@@ -442,6 +730,8 @@ def check_graph(ops: list[Any], tensors: Mapping[str, Any], spec: Any) -> None:
     ``output`` op; every tensor of the file is read by some op.
     """
     values: dict[str, Value] = {"input": check_input_spec(spec)}
+    for e in spec.get("extra", []):  # checked by check_input_spec
+        values[e["name"]] = Value("int" if e["dtype"] == "int64" else "float", tuple(e["shape"]))
     used: set[str] = set()
     if not ops or ops[-1].op != "output":
         raise GraphError("the graph does not end in an output op")
@@ -455,8 +745,10 @@ def check_graph(ops: list[Any], tensors: Mapping[str, Any], spec: Any) -> None:
                 raise GraphError("an output op that is not the last op")
             if op.name in values or (op.name == "output" and op.op != "output"):
                 raise GraphError("its name is used twice")
-            if len(op.inputs) != spec_.inputs:
-                raise GraphError(f"it has {len(op.inputs)} inputs, not {spec_.inputs}")
+            counts = spec_.inputs if isinstance(spec_.inputs, tuple) else (spec_.inputs,)
+            if len(op.inputs) not in counts:
+                want = " or ".join(map(str, counts))
+                raise GraphError(f"it has {len(op.inputs)} inputs, not {want}")
             missing = [n for n in op.inputs if n not in values]
             if missing:
                 raise GraphError(f"its input {missing[0]!r} is not an earlier value")
