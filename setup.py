@@ -24,7 +24,7 @@ SOURCES = [
 ]
 # -ffp-contract=off keeps float results identical across ISA paths (tests compare them)
 COMPILE = ["-O3", "-pthread", "-ffp-contract=off"]
-LINK = ["-pthread"]
+LINK = ["-pthread", "-lm"]
 
 
 class OptionalBuildExt(build_ext):

@@ -62,17 +62,27 @@ def test_unary(fn):
     assert got.dtype == np.float32
 
 
-def test_erf_and_gelu_are_float32_accurate():
-    """Against float64 math.erf/erfc: the runtime's erf and GELU (numpy has no erf) are within
-    3e-7 everywhere, GELU's negative tail included."""
+@pytest.mark.parametrize("native", [True, False], ids=["native", "reference"])
+def test_erf_and_gelu_are_float32_accurate(native, monkeypatch):
+    """Against float64 math.erf/erfc: the runtime's erf and GELU (numpy has no erf; the kernels
+    call libm, their numpy reference a Chebyshev fit) are within a relative 1e-6 of the exact
+    value (or 1e-9) everywhere, GELU's negative tail included (float32's rounding of x / sqrt 2
+    alone moves erfc by ~1e-6 relative there)."""
     import math
 
+    from onebit import kernels
+
+    if not native:
+        monkeypatch.setattr(kernels, "_native", None)
     x = np.linspace(-9, 9, 40001).astype(np.float32)
     x64 = x.astype(np.float64)
-    erf = np.array([math.erf(v) for v in x64])
-    gelu = np.array([0.5 * v * math.erfc(-v / math.sqrt(2)) for v in x64])
-    assert np.abs(_run("unary", {"fn": "erf"}, x) - erf).max() < 3e-7
-    assert np.abs(_run("unary", {"fn": "gelu"}, x) - gelu).max() < 3e-7
+    for fn, exact in (
+        ("erf", np.array([math.erf(v) for v in x64])),
+        ("gelu", np.array([0.5 * v * math.erfc(-v / math.sqrt(2)) for v in x64])),
+    ):
+        err = np.abs(_run("unary", {"fn": fn}, x) - exact)
+        assert (err <= 1e-6 * np.abs(exact) + 1e-9).all(), (fn, float(err.max()))
+        assert err.max() < 4e-7  # torch's own float32 GELU is off by up to ~1.1e-6 here
 
 
 @pytest.mark.parametrize("fn", sorted(BINARY))

@@ -55,6 +55,8 @@ __all__ = [
     "depthwise_conv2d",
     "direct_conv2d",
     "direct_conv_weight",
+    "erf",
+    "gelu",
     "get_isa",
     "get_num_threads",
     "im2col",
@@ -484,6 +486,29 @@ def im2col(
     out = np.empty((n * ho * wo, ks[0] * ks[1] * c), dtype=np.float32)
     _native.im2col_f32(xa, out, n, h, w, c, ks[0], ks[1], st[0], st[1], pd[0], pd[1], t)
     return out
+
+
+def _special(x: npt.NDArray[np.float32], fn: int, threads: int | None) -> npt.NDArray[np.float32]:
+    xa = np.ascontiguousarray(x, dtype=np.float32)
+    if _native is None:
+        _fallback()
+        return reference.erf(xa) if fn == 0 else reference.gelu(xa)
+    out = np.empty_like(xa)
+    _native.special(xa, out, xa.size, fn, _threads(threads))
+    return out
+
+
+def erf(x: npt.NDArray[np.float32], *, threads: int | None = None) -> npt.NDArray[np.float32]:
+    """``erf(x)`` elementwise, float32 (libm's ``erff``; numpy has no erf). Reference:
+    :func:`onebit.kernels.reference.erf`."""
+    return _special(x, 0, threads)
+
+
+def gelu(x: npt.NDArray[np.float32], *, threads: int | None = None) -> npt.NDArray[np.float32]:
+    """Exact GELU ``0.5 x erfc(-x / sqrt 2)`` elementwise, float32 (libm's ``erfcf``, accurate
+    in the negative tail where ``1 + erf`` cancels). Reference:
+    :func:`onebit.kernels.reference.gelu`."""
+    return _special(x, 1, threads)
 
 
 def clamp_(

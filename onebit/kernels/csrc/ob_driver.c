@@ -3,6 +3,7 @@
  * depends on Python.
  */
 #define _POSIX_C_SOURCE 200112L /* posix_memalign */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -624,6 +625,38 @@ int ob_scale_bias(const int32_t *y, const float *alpha, const float *beta, float
     sb_ctx c = {current(), y, alpha, beta, out, N};
     const int t = resolve_threads(threads, (double)M * (double)N, 1 << 16);
     return run_2d(t, M, 1, 1, 1, sb_range, &c);
+}
+
+/* ------------------------------------------------------------------ erf, GELU */
+
+typedef struct {
+    const float *x;
+    float *y;
+    int fn;
+} special_ctx;
+
+static int special_range(const void *vctx, int64_t i0, int64_t i1, int64_t n0, int64_t n1) {
+    const special_ctx *c = (const special_ctx *)vctx;
+    (void)n0;
+    (void)n1;
+    const float *x = c->x;
+    float *y = c->y;
+    if (c->fn == OB_SPECIAL_ERF) {
+        for (int64_t i = i0; i < i1; i++) y[i] = erff(x[i]);
+    } else { /* GELU: 0.5 x (1 + erf(x / sqrt 2)) written with erfc: no cancellation for x << 0 */
+        for (int64_t i = i0; i < i1; i++) {
+            const float v = x[i];
+            y[i] = 0.5f * v * erfcf(-v * 0.70710678118654752f);
+        }
+    }
+    return 0;
+}
+
+int ob_special_f32(const float *x, float *y, int64_t n, int fn, int threads) {
+    if (n <= 0) return 0;
+    special_ctx c = {x, y, fn};
+    const int t = resolve_threads(threads, 16.0 * (double)n, 1 << 16);
+    return run_2d(t, n, 1, 16, 1, special_range, &c);
 }
 
 /* ------------------------------------------------------------------ clamp */

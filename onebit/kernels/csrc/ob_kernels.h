@@ -204,6 +204,10 @@ int ob_sgemm_available(void);
 /* out[i] = x[i] >= 0 ? +1 : -1 (x and out may be the same array) */
 int ob_sign_f32(const float *x, float *out, int64_t n, int threads);
 int ob_clamp_f32(float *x, int64_t n, float lo, float hi, int threads);
+/* y = erf(x) (fn OB_SPECIAL_ERF) or GELU(x) = 0.5 x erfc(-x / sqrt 2) (OB_SPECIAL_GELU), libm's
+   single-precision erff/erfcf; y may be x */
+enum { OB_SPECIAL_ERF = 0, OB_SPECIAL_GELU = 1 };
+int ob_special_f32(const float *x, float *y, int64_t n, int fn, int threads);
 /* float32 NHWC x (B, H, W, C) -> patches (B * Ho * Wo, KH * KW * C), zero padded. */
 int ob_im2col_f32(const float *x, float *out, int64_t B, int64_t H, int64_t W, int64_t C,
                   int KH, int KW, int sh, int sw, int ph, int pw, int threads);

@@ -333,6 +333,28 @@ static PyObject *py_scale_bias(PyObject *self, PyObject *args) {
     return finish(err);
 }
 
+/* special(x: f32 (n,), y: f32 (n,) writable, n, fn, threads): y = erf(x) or GELU(x) */
+static PyObject *py_special(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer x, y;
+    long long n;
+    int fn, threads, err = 0;
+    if (!PyArg_ParseTuple(args, "y*w*Lii", &x, &y, &n, &fn, &threads)) return NULL;
+    const int bad = n < 0 || (fn != OB_SPECIAL_ERF && fn != OB_SPECIAL_GELU) ||
+                    check_size(&x, n, 4, "x") || check_size(&y, n, 4, "y");
+    if (n < 0 || (fn != OB_SPECIAL_ERF && fn != OB_SPECIAL_GELU))
+        PyErr_SetString(PyExc_ValueError, "special: negative length or unknown function");
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS err = ob_special_f32((const float *)x.buf, (float *)y.buf, n, fn,
+                                                    threads);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    if (bad) return NULL;
+    return finish(err);
+}
+
 /* clamp_(x: f32 (n,) writable, n, lo, hi, threads): x = min(max(x, lo), hi) in place */
 static PyObject *py_clamp(PyObject *self, PyObject *args) {
     (void)self;
@@ -789,6 +811,7 @@ static PyMethodDef methods[] = {
      "threshold_sign(y, thresh, flip, out, M, N, is_int, threads)"},
     {"scale_bias", py_scale_bias, METH_VARARGS, "scale_bias(y, alpha, beta, out, M, N, threads)"},
     {"clamp", py_clamp, METH_VARARGS, "clamp(x, n, lo, hi, threads): x = min(max(x, lo), hi)"},
+    {"special", py_special, METH_VARARGS, "special(x, y, n, fn, threads): y = erf(x) / GELU(x)"},
     {"sgemm", py_sgemm, METH_VARARGS,
      "sgemm(a, b, c, M, N, K, rsa, csa, rsb, csb, ldc, accumulate, threads)"},
     {"sgemm_available", py_sgemm_available, METH_NOARGS,
