@@ -709,21 +709,27 @@ def _run(args: argparse.Namespace) -> int:
             f"{args.model} computed NaN or infinite outputs; its weights are damaged or the "
             "inputs are far outside what it was trained on."
         )
-    classes = logits.shape[1]
+    classes = logits.shape[-1]  # (N, classes), or (N, T, vocabulary) for a language model
     if y is not None and len(y) and int(y.max()) >= classes:
         raise OnebitError(
             f"the labels go up to {int(y.max())} but {args.model} predicts {classes} classes; "
             "give the labels of its task."
         )
-    pred = logits.argmax(1)
+    pred = logits.argmax(-1)  # a class per input, or per position of a sequence
     for i, p_ in enumerate(pred):
+        cls = p_.tolist()  # an int, or a list of ints for a sequence
         if args.json:
-            print(json.dumps({"index": i, "class": int(p_), "logits": logits[i].round(4).tolist()}))
+            print(json.dumps({"index": i, "class": cls, "logits": logits[i].round(4).tolist()}))
         else:
-            print(f"{i}\t{int(p_)}")
+            print(f"{i}\t{cls if pred.ndim == 1 else ' '.join(map(str, cls))}")
     scored = "; ".join(parts)
+    if y is not None and np.asarray(y).size != pred.size:
+        raise OnebitError(
+            f"the labels hold {np.asarray(y).size} values but {args.model} predicts "
+            f"{pred.size} ({' x '.join(map(str, pred.shape))}); give the labels of its task."
+        )
     if y is not None:
-        acc = float((pred == np.asarray(y).reshape(-1)).mean())
+        acc = float((pred == np.asarray(y).reshape(pred.shape)).mean())
         print(f"accuracy {acc:.4f} on {len(pred)} inputs ({scored})", file=sys.stderr)
     else:
         print(f"predicted {len(pred)} inputs ({scored}; no labels)", file=sys.stderr)

@@ -212,3 +212,31 @@ def test_run_errors(tmp_path, capsys):
         capsys, ["run", str(tmp_path / "x.onebit"), "y.npz"]
     )
     assert "is not a onebit checkpoint" in _error(capsys, ["pack", str(tmp_path / "x.onebit")])
+
+
+def test_run_scores_a_language_model_per_position(tmp_path, capsys):
+    """A packed token model's (N, T, vocabulary) logits: one prediction per position, scored
+    against labels of shape (N, T)."""
+    import numpy as np
+    from torch import nn
+
+    import onebit
+    from onebit.methods import BinaryConnect
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(12, 16), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 12))
+    ids = torch.randint(0, 12, (6, 5))
+    onebit.binarize_(model, BinaryConnect(), example_inputs=(ids[:2],))
+    model.eval()
+    onebit.pack(model, (ids[:2],)).save(tmp_path / "lm.onebit")
+    with torch.no_grad():
+        target = model(ids).argmax(-1).numpy()
+    target[0, 0] = (target[0, 0] + 1) % 12  # one position of 30 wrong
+    np.savez(tmp_path / "tok.npz", x=ids.numpy(), y=target)
+    assert main(["run", str(tmp_path / "lm.onebit"), str(tmp_path / "tok.npz")]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1].split("\t")[1] == " ".join(map(str, target[1]))
+    assert f"accuracy {29 / 30:.4f} on 6 inputs" in err
+    np.savez(tmp_path / "bad.npz", x=ids.numpy(), y=target[:, :3])
+    msg = _error(capsys, ["run", str(tmp_path / "lm.onebit"), str(tmp_path / "bad.npz")])
+    assert "labels hold 18 values" in msg

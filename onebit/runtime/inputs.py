@@ -41,7 +41,7 @@ class Inputs:
 
 def _labels(y: Any, n: int, where: str) -> Array:
     y = np.asarray(y)
-    if y.ndim != 1 or len(y) != n:
+    if y.ndim == 0 or len(y) != n:  # (N,), or (N, T) labels per position of a sequence
         raise OnebitError(f"{where} has {n} inputs but labels of shape {y.shape}; give one each.")
     if y.dtype.kind == "f" and (not np.isfinite(y).all() or not (y == np.round(y)).all()):
         raise OnebitError(f"{where} has labels that are not whole numbers; store class numbers.")
