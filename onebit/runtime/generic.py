@@ -141,9 +141,12 @@ def _softmax(m: ModelState, op: Op, x: Array) -> Array:
 
 def _layer_norm(m: ModelState, op: Op, x: Array) -> Array:
     axes = tuple(op.attrs["axes"])
-    mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)
-    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
-    y = ((x - mean) / np.sqrt(var + op.attrs["eps"])).astype(_F32)
+    # float32 throughout, two passes (numpy's pairwise sums keep the mean and variance at float32
+    # accuracy for the row lengths of real layers)
+    xf = x.astype(_F32, copy=False)
+    y = xf - xf.mean(axis=axes, keepdims=True)
+    var = np.square(y).mean(axis=axes, keepdims=True)
+    y *= 1.0 / np.sqrt(var + _F32(op.attrs["eps"]))
     if "weight" in op.tensors:
         y *= m.tensors[op.tensors["weight"]]
     if "bias" in op.tensors:
