@@ -47,6 +47,7 @@ CASES = [
     ("BNN ResNet-20 (CIFAR)", "resnet20", (3, 32, 32), {}, BNN()),
     ("BinaryConnect ResNet-20 (CIFAR)", "resnet20", (3, 32, 32), {}, BinaryConnect()),
     ("BinaryConnect MobileNet-small (CIFAR)", "mobilenet_small", (3, 32, 32), {}, BinaryConnect()),
+    ("BinaryConnect ViT (CIFAR, 4x128)", "vit", (3, 32, 32), {}, BinaryConnect()),
 ]
 
 
@@ -64,12 +65,8 @@ def sizes(model: nn.Module, packed) -> dict[str, int]:
     sd = model.state_dict()
     binary_names = {n for n, m in model.named_modules() if onebit.layers.is_binary_layer(m)}
     float_binary = sum(sd[f"{n}.weight"].numel() * 4 for n in binary_names)
-    packed_binary = sum(
-        packed.tensors[k].nbytes
-        for op in packed.ops
-        if op.attrs.get("module") in binary_names
-        for r, k in op.tensors.items()
-        if r == "bits"
+    packed_binary = sum(  # every binary layer's bits (captured graphs name no modules)
+        packed.tensors[k].nbytes for op in packed.ops for r, k in op.tensors.items() if r == "bits"
     )
     return {
         "binary_layers_float_bytes": float_binary,

@@ -80,6 +80,22 @@ class _Sym:
 
 
 @dataclass
+class _Moved:
+    """``base.permute(dims)`` with the batch axis moved from the front (``q, k, v =
+    x.view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)``): runtime values keep the batch first, so
+    this stays a view of ``base`` until slices, selects and squeezes bring the batch back to
+    axis 0 (:func:`_on_moved`); any other use of it is refused."""
+
+    base: _V
+    dims: list[int]
+    node: Any
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.base.shape[d] for d in self.dims)
+
+
+@dataclass
 class _Pair:
     """A constant that depends on the batch size: its values at batch 1 and at batch 2. Used
     where it meets the input only if it is the same for every example (:func:`_collapse`)."""
@@ -247,6 +263,8 @@ class _Translator:
             val = node.meta.get("val")
             return _Sym(getattr(getattr(val, "node", None), "expr", None))
         leaves = _leaves((args, kwargs))
+        if any(isinstance(x, _Moved) for x in leaves):
+            return _on_moved(self, node, target, args)
         runtime = any(isinstance(x, _V) for x in leaves)
         syms = any(isinstance(x, _Sym | _Pair) for x in leaves)
         if not runtime and not syms:  # depends on no input: computed now, stored
@@ -649,9 +667,77 @@ def _reshape(t, node, x, *rest):  # type: ignore[no-untyped-def]
 @_handles(aten.permute.default)
 def _permute(t, node, x, dims):  # type: ignore[no-untyped-def]
     dims = [d % x.ndim for d in dims]
-    if dims[0] != 0:
-        raise OnebitError(f"cannot pack {node.name}: it moves the batch axis.")
+    if dims[0] != 0:  # resolved by the slices/selects that follow (_Moved)
+        return _Moved(t.plain(x), dims, node)
     return t.emit("transpose", [t.plain(x)], _shape(node), attrs={"perm": dims})
+
+
+def _settle(t: _Translator, m: _Moved) -> _V | _Moved:
+    """``m`` as a value once its batch axis is first again (a transpose unless in order)."""
+    if m.dims[0] != 0:
+        return m
+    if m.dims == sorted(m.dims):
+        return m.base
+    return t.emit("transpose", [m.base], m.shape, attrs={"perm": list(m.dims)})
+
+
+def _drop_axis(t: _Translator, m: _Moved, axis: int) -> _V | _Moved:
+    """``m`` without its size-1 axis ``axis`` (a reshape of the base)."""
+    b = m.dims[axis]
+    if m.base.shape[b] != 1:
+        raise OnebitError("internal: dropping an axis of size > 1")
+    shape = [n for i, n in enumerate(m.base.shape) if i != b]
+    base = t.emit("reshape", [m.base], tuple(shape), attrs={"shape": shape})
+    dims = [d - (d > b) for i, d in enumerate(m.dims) if i != axis]
+    return _settle(t, _Moved(base, dims, m.node))
+
+
+def _on_moved(t: _Translator, node: Any, target: Any, args: list[Any]) -> Any:
+    """Slices, selects and squeezes of a :class:`_Moved` value, applied to its base."""
+    m = args[0]
+    if not isinstance(m, _Moved) or any(isinstance(a, _Moved) for a in _leaves(args[1:])):
+        raise OnebitError(
+            f"cannot pack {m.node.name if isinstance(m, _Moved) else node.name}"
+            f"{_source(m.node if isinstance(m, _Moved) else node)}: it moves the batch axis, and "
+            "only slices or selects that bring it back first can follow."
+        )
+    if target in (aten.clone.default, aten.alias.default, aten.detach.default):
+        return m
+    if target is aten.permute.default:  # composed: back to a value once the batch is first
+        return _settle(t, _Moved(m.base, [m.dims[d % len(m.dims)] for d in args[1]], m.node))
+    if target is aten.slice.Tensor:
+        dim, start, end, step = (list(args[1:]) + [0, None, None, 1][len(args) - 1 :])[:4]
+        dim %= len(m.dims)
+        b = m.dims[dim]
+        shape = list(m.base.shape)
+        shape[b] = _shape(node)[dim]
+        sl = t.emit("slice", [m.base], tuple(shape),
+                    attrs={"slices": _slices(t, m.base, b, start, end, step)})  # fmt: skip
+        return _Moved(sl, m.dims, m.node)
+    if target is aten.select.int:
+        dim, index = args[1] % len(m.dims), int(args[2])
+        b = m.dims[dim]
+        shape = list(m.base.shape)
+        shape[b] = 1
+        end = None if index == -1 else index + 1
+        sl = t.emit("slice", [m.base], tuple(shape),
+                    attrs={"slices": _slices(t, m.base, b, index, end, 1)})  # fmt: skip
+        return _drop_axis(t, _Moved(sl, m.dims, m.node), dim)
+    if target in (aten.squeeze.dims, aten.squeeze.dim):
+        axes = args[1] if isinstance(args[1], list | tuple) else [args[1]]
+        out: _V | _Moved = m
+        for a in sorted((int(a) % len(m.dims) for a in axes), reverse=True):
+            if isinstance(out, _Moved) and out.shape[a] == 1:
+                out = _drop_axis(t, out, a)
+            elif not isinstance(out, _Moved):
+                raise OnebitError(
+                    f"cannot pack {node.name}{_source(node)}: a squeeze after a move."
+                )
+        return out
+    raise OnebitError(
+        f"cannot pack {m.node.name}{_source(m.node)}: it moves the batch axis, and only slices or "
+        "selects that bring it back first can follow."
+    )
 
 
 @_handles(aten.expand.default)
@@ -737,6 +823,17 @@ def _batch_constant(t: _Translator, c: Any, like: _V) -> _V:
     like = t.plain(like)
     shape = (-1, *arr.shape[1:])
     return t.emit("constant", [like], shape, attrs={"shape": list(shape)}, tensors={"value": arr})
+
+
+@_handles(*(getattr(aten.any, o) for o in ("dim", "dims") if hasattr(aten.any, o)))
+def _any(t, node, x, dims=None, keepdim=False):  # type: ignore[no-untyped-def]
+    """``any`` of 0/1 booleans: their maximum."""
+    return _reduce(t, node, x, dims if isinstance(dims, list | tuple) else [dims], keepdim, "amax")
+
+
+@_handles(aten.all.dim)
+def _all(t, node, x, dim, keepdim=False):  # type: ignore[no-untyped-def]
+    return _reduce(t, node, x, [dim], keepdim, "amin")
 
 
 @_handles(aten.full_like.default)

@@ -608,3 +608,47 @@ def test_a_range_over_the_batch_is_refused_not_frozen():
 
     with pytest.raises(OnebitError, match="differs from example to example"):
         pack(_BatchRange(), (torch.randn(2, 3),))
+
+
+class _QKVAttention(nn.Module):
+    """Attention as timm and onebit's ViT write it: one qkv projection, then
+    ``view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)`` moves the batch axis off the front, and
+    ``unbind(0)`` and scaled_dot_product_attention bring it back."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = (
+            self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        )
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        return self.out(y.mean(1))
+
+
+@pytest.mark.parametrize("method", ["fp", "bc"])
+def test_a_permute_that_moves_the_batch_axis_packs_when_indexing_brings_it_back(method):
+    torch.manual_seed(0)
+    model = _QKVAttention()
+    x = torch.randn(4, 7, 16)
+    if method != "fp":
+        onebit.binarize_(model, METHODS[method], example_inputs=(x[:2],))
+    model.eval()
+    packed = pack(model, (x[:2],))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(packed(x.numpy()), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_a_batch_axis_moved_for_good_is_one_sentence():
+    class _Moves(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.permute(1, 0, 2) * 2.0
+
+    with pytest.raises(OnebitError, match="moves the batch axis") as e:
+        pack(_Moves(), (torch.randn(2, 3, 4),))
+    assert "\n" not in str(e.value)
