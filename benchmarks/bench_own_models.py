@@ -128,6 +128,42 @@ def run_case(name: str, threads: list[int], batches: list[int], repeats: int) ->
     }
 
 
+def readme(doc: dict) -> str:
+    """The record's README: one row per model and batch, ratios from this run."""
+    env = doc["env"]
+    lines = [
+        "# Models written outside onebit, packed, against their own torch float forward", "",
+        f"Commit {env['commit'][:12]}, torch {env['torch']}, {env['machine']}, {env['date']}; "
+        f"kernels `{doc['cases'][0]['isa']}`. Command: `command.sh` "
+        "(`benchmarks/bench_own_models.py`).",
+        "BinaryConnect (every layer binary except BERT's three embedding tables), freshly "
+        "initialized with BatchNorm statistics of random batches (speed does not depend on the "
+        "values). Every ratio is `baseline seconds / packed seconds` from interleaved rounds in "
+        "this run (> 1: packed is faster); `own torch float` is the user's float32 model before "
+        "`binarize_`, the other baselines run the packed graph's float twin.", "",
+        "| model | threads | batch | packed ms | vs own torch float | vs torch fp32 twin | "
+        "vs torch bf16 | vs ORT fp32 | vs ORT int8 | packed int8-act ms | int8 argmax agreement |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for c in doc["cases"]:
+        for o in c["own_float_forward"]:
+            tw = next(t for t in c["twin_baselines"]
+                      if t["batch"] == o["batch"] and t["threads"] == o["threads"])  # fmt: skip
+            v = tw["vs"]
+            i8 = f"{tw['ms']['packed_int8']:.2f}" if "packed_int8" in tw["ms"] else "-"
+            ag = (f"{100 * tw['int8_agreement']['argmax']:.0f}%"
+                  if "int8_agreement" in tw else "-")  # fmt: skip
+            cells = [c["case"], o["threads"], o["batch"], f"{o['packed_ms']:.2f}",
+                     f"{o['vs_torch_float']:.2f}x"] + [
+                f"{v[k]:.2f}x" if k in v else "-"
+                for k in ("torch_fp32", "torch_bf16", "ort_fp32", "ort_int8")] + [i8, ag]  # fmt: skip
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
+    lines += ["", "Sizes (tensor bytes): " + "; ".join(
+        f"{c['case']}: float {c['float_bytes'] / 1e6:.2f} MB, packed "
+        f"{c['packed_tensor_bytes'] / 1e6:.2f} MB" for c in doc["cases"]) + "."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -155,6 +191,7 @@ def main() -> None:
                    f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                    for k, v in vars(args).items() if v is not None)}  # fmt: skip
         Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+        (Path(args.out).parent / "README.md").write_text(readme(doc))
 
 
 if __name__ == "__main__":
