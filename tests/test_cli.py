@@ -240,3 +240,15 @@ def test_run_scores_a_language_model_per_position(tmp_path, capsys):
     np.savez(tmp_path / "bad.npz", x=ids.numpy(), y=target[:, :3])
     msg = _error(capsys, ["run", str(tmp_path / "lm.onebit"), str(tmp_path / "bad.npz")])
     assert "labels hold 18 values" in msg
+
+
+def test_train_prints_the_binarize_report(tmp_path, caplog):
+    """`onebit train` logs (prints) what binarize_ did to every layer, and why."""
+    import logging
+
+    cfg = _config(tmp_path, epochs=1)
+    with caplog.at_level(logging.INFO, logger="onebit"):
+        assert main(["train", str(cfg), "--out", str(tmp_path / "runs"), "--no-progress"]) == 0
+    err = caplog.text
+    assert "BinaryConnect: 2 of 2 layers binary" in err
+    assert "layer" in err and "why" in err and "binarized" in err
