@@ -844,7 +844,11 @@ def _full_like(t, node, x, value, **kw):  # type: ignore[no-untyped-def]
     shape = _shape(node)
     if any(d < 0 for d in shape[1:]):
         raise OnebitError(f"cannot pack {node.name}: full_like of a value of varying shape.")
-    return _batch_constant(t, np.full((1, *shape[1:]), value, np.float32), x)
+    # one number broadcast (a view), not a stored tensor of x's shape
+    one = _batch_constant(t, np.full((1,) * len(shape), value, np.float32), x)
+    if all(d == 1 for d in shape[1:]):
+        return one
+    return t.emit("expand", [one], shape, attrs={"shape": [-1, *shape[1:]]})
 
 
 @_handles(aten.constant_pad_nd.default)

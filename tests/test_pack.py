@@ -652,3 +652,26 @@ def test_a_batch_axis_moved_for_good_is_one_sentence():
     with pytest.raises(OnebitError, match="moves the batch axis") as e:
         pack(_Moves(), (torch.randn(2, 3, 4),))
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("method", ["bc", "xnor"])
+def test_onebit_vit_packs_saves_and_loads(tmp_path, method):
+    """onebit's own ViT (qkv permute, scaled_dot_product_attention with its -inf mask test,
+    a class token) through the file, against torch; its masks are broadcast views, not tensors
+    of the attention's size."""
+    torch.manual_seed(0)
+    m = METHODS[method]
+    model = onebit.models.build("vit", (3, 16, 16), 4, dim=32, depth=2, heads=2,
+                                act=m.hidden_activation())  # fmt: skip
+    x = torch.randn(5, 3, 16, 16)
+    onebit.binarize_(model, m, example_inputs=(x[:2],))
+    model.eval()
+    packed = pack(model, (x[:2],))
+    floats = sum(p.numel() * 4 for p in model.parameters())
+    assert sum(v.nbytes for v in packed.tensors.values()) < floats / 2
+    loaded = load(packed.save(tmp_path / "vit.onebit"))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = loaded(x.numpy())
+    assert (out.argmax(1) == ref.argmax(1)).all()
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

@@ -646,8 +646,13 @@ def _check_tensor(role: str, want: Role, arr: Any, name: str) -> None:
         raise GraphError(
             f"its tensor {role} ({name!r}) has shape {tuple(arr.shape)}, not {want.shape}"
         )
-    if want.dtype.startswith("float") and not np.isfinite(arr).all():
-        raise GraphError(f"its tensor {role} ({name!r}) holds NaN or infinite values")
+    if want.dtype.startswith("float"):
+        # the constants of general ops (shape None) may be ±inf (masks: x == -inf), never NaN;
+        # weights and scales are finite
+        bad = np.isnan(arr).any() if want.shape is None else not np.isfinite(arr).all()
+        if bad:
+            what = "NaN" if want.shape is None else "NaN or infinite values"
+            raise GraphError(f"its tensor {role} ({name!r}) holds {what}")
     if role == "flip" and arr.size and int(arr.max()) > 1:
         raise GraphError(f"its tensor {role} ({name!r}) holds values other than 0 and 1")
 
