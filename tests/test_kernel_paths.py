@@ -6,6 +6,8 @@ paths against torch.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -24,6 +26,8 @@ ISAS = K.available_isas() or [NOT_BUILT]
 @pytest.fixture(params=ISAS)
 def isa(request: pytest.FixtureRequest):
     if not K.native_available():
+        if os.environ.get("ONEBIT_REQUIRE_NATIVE", "") == "1":  # CI: a missing build fails
+            pytest.fail(NOT_BUILT)
         pytest.skip(NOT_BUILT)
     K.set_isa(request.param)
     yield request.param
@@ -67,11 +71,7 @@ def test_xnor_panels_reject_wrong_shapes() -> None:
 
 
 @pytest.mark.parametrize(("m", "n", "k"), GEMM_SHAPES)
-@pytest.mark.parametrize("amx_rows", [1, 6, 1 << 30])  # AMX from 1 row, by default, never
-def test_binary_u8_gemm(isa: str, m: int, n: int, k: int, amx_rows: int) -> None:
-    if amx_rows != 6 and isa != "amx":
-        pytest.skip("the AMX threshold only matters on the amx path")
-    K._native.set_u8_amx_min_rows(amx_rows)
+def test_binary_u8_gemm(isa: str, m: int, n: int, k: int) -> None:
     g = np.random.default_rng(m * 7 + n * 3 + k)
     x = randn(g, m, k)
     x[0] = np.abs(x[0])  # a row without negatives (zero point 0)
@@ -79,9 +79,14 @@ def test_binary_u8_gemm(isa: str, m: int, n: int, k: int, amx_rows: int) -> None
     alpha, bias = randn(g, n), randn(g, n)
     wp, ws = K.vnni_panels(bits, k)
     expected = R.binary_u8_gemm(x, bits, k, alpha, bias)
-    np.testing.assert_array_equal(K.binary_u8_gemm(x, wp, ws, n, alpha, bias), expected)
-    np.testing.assert_array_equal(K.binary_u8_gemm(x, wp, ws, n, alpha, bias, threads=2), expected)
-    np.testing.assert_array_equal(K.binary_u8_gemm(x, wp, ws, n), R.binary_u8_gemm(x, bits, k))
+    # on the amx path: AMX tiles from 1 row, from 6 (the default), never (VNNI only)
+    for amx_rows in [1, 6, 1 << 30] if isa == "amx" else [6]:
+        K._native.set_u8_amx_min_rows(amx_rows)
+        got = K.binary_u8_gemm(x, wp, ws, n, alpha, bias)
+        np.testing.assert_array_equal(got, expected, err_msg=f"amx_rows={amx_rows}")
+        got = K.binary_u8_gemm(x, wp, ws, n, alpha, bias, threads=2)
+        np.testing.assert_array_equal(got, expected, err_msg=f"amx_rows={amx_rows}")
+        np.testing.assert_array_equal(K.binary_u8_gemm(x, wp, ws, n), R.binary_u8_gemm(x, bits, k))
 
 
 def test_u8_gemm_is_close_to_the_exact_product() -> None:
@@ -188,6 +193,8 @@ def test_new_ops_fall_back_to_the_reference(monkeypatch) -> None:
 
 def test_isa_levels_are_ordered() -> None:
     if not K.native_available():
+        if os.environ.get("ONEBIT_REQUIRE_NATIVE", "") == "1":
+            pytest.fail(NOT_BUILT)
         pytest.skip(NOT_BUILT)
     levels = ["amx", "avx512_vnni", "avx512", "avx2", "generic"]
     isas = K.available_isas()
