@@ -75,3 +75,16 @@ def _private_cache(tmp_path_factory):
     mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     yield
     mp.undo()
+
+
+def binarized_mlp(method, data):
+    """The conformance test's model: an MLP 16-64-64-classes binarized by ``method`` (seed 0)."""
+    from onebit.convert import binarize_
+    from onebit.models import build
+
+    torch.manual_seed(0)
+    model = build(
+        "mlp", data.input_shape, data.num_classes, hidden=[64, 64], act=method.hidden_activation()
+    )
+    binarize_(model, method)
+    return model

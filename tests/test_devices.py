@@ -8,7 +8,6 @@ Tests taking ``device`` run on the CPU and, where torch sees a GPU, on CUDA (mar
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from onebit.models import build
 from onebit.schedules import Ranking, schedulable_layers, write_ranking
 from onebit.training import TrainConfig, TrainStep, evaluate, train
 from tests.conftest import devices, tiny_dataset
+from tests.test_training import KilledAt
 
 DEVICES = devices()
 
@@ -232,17 +232,6 @@ def test_evaluate_copies_batches_of_a_split_held_elsewhere(device):
     assert got[1] == want[1] and got[0] == pytest.approx(want[0], rel=1e-5)
 
 
-@dataclass(frozen=True)
-class _KilledAt(BinaryConnect):
-    """BinaryConnect that dies at the start of epoch ``at``, like a run killed mid-way."""
-
-    at: int = 2
-
-    def on_epoch_start(self, model, epoch, epochs):
-        if epoch == self.at:
-            raise KeyboardInterrupt
-
-
 def _mlp(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = build("mlp", (16,), 4, hidden=[32, 32], dropout=0.2)
@@ -260,7 +249,7 @@ def test_resume_on_the_device_equals_an_uninterrupted_run(device, tmp_path):
     model_a = _mlp()
     hist_a = train(model_a, method, data, cfg, run_dir=tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
-        train(_mlp(), _KilledAt(stochastic=True), data, cfg, run_dir=tmp_path / "b")
+        train(_mlp(), KilledAt(stochastic=True), data, cfg, run_dir=tmp_path / "b")
     torch.manual_seed(999)
     if device == "cuda":
         torch.cuda.manual_seed(999)

@@ -6,25 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from onebit import binarize_
 from onebit.experiments.config import Config, build_method
 from onebit.layers import is_binary_layer
 from onebit.methods import METHODS, method_preset
-from onebit.models import build
 from onebit.packer import pack
 from onebit.training import LOSSES, TrainConfig, make_optimizer
-from tests.conftest import tiny_dataset
+from tests.conftest import binarized_mlp, tiny_dataset
 
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_conformance(name):
     method = METHODS[name]()
     data = tiny_dataset(shape=(16,), classes=4, n_train=128)
-    torch.manual_seed(0)
-    model = build(
-        "mlp", data.input_shape, data.num_classes, hidden=[64, 64], act=method.hidden_activation()
-    )
-    binarize_(model, method)
+    model = binarized_mlp(method, data)
     binary = [m for m in model.modules() if is_binary_layer(m)]
     assert bool(binary) == method.binary_weights
 

@@ -30,7 +30,7 @@ from onebit.layers import is_binary_layer
 from onebit.methods import METHODS
 from onebit.models import build
 from onebit.training import LOSSES, TrainConfig, TrainStep, make_optimizer, train
-from tests.conftest import devices, tiny_dataset
+from tests.conftest import binarized_mlp, devices, tiny_dataset
 
 DEVICES = devices()
 
@@ -155,11 +155,7 @@ def test_training_under_autocast_lowers_the_loss(name, device, dtype):
     conformance test's task and bar)."""
     method = METHODS[name]()
     data = tiny_dataset(shape=(16,), classes=4, n_train=128)
-    torch.manual_seed(0)
-    model = build(
-        "mlp", data.input_shape, data.num_classes, hidden=[64, 64], act=method.hidden_activation()
-    )
-    binarize_(model, method)
+    model = binarized_mlp(method, data)
     model.to(device)
     cfg = TrainConfig(lr=1e-2)
     opt = method.make_optimizer(model, cfg) or make_optimizer(
