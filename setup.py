@@ -21,6 +21,7 @@ SOURCES = [
     "onebit/kernels/csrc/ob_avx512.c",
     "onebit/kernels/csrc/ob_int8.c",
     "onebit/kernels/csrc/ob_conv.c",
+    "onebit/kernels/csrc/ob_rows.c",
 ]
 # -ffp-contract=off keeps float results identical across ISA paths (tests compare them)
 COMPILE = ["-O3", "-pthread", "-ffp-contract=off"]
@@ -54,7 +55,7 @@ setup(
             "onebit.kernels._native",
             sources=SOURCES,
             include_dirs=["onebit/kernels/csrc"],
-            depends=["onebit/kernels/csrc/ob_kernels.h"],
+            depends=["onebit/kernels/csrc/ob_kernels.h", "onebit/kernels/csrc/ob_rows_body.h"],
             extra_compile_args=COMPILE,
             extra_link_args=LINK,
         )

@@ -25,6 +25,7 @@ values within that rounding of a threshold).
 from __future__ import annotations
 
 import copy
+import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -476,6 +477,7 @@ def _binary(t: _Translator, node: Any, a: Any, b: Any, *, fn: str) -> _V:
     if kind == "matmul" or len(out) != 4:
         v = t.plain(v)
     c = _np32(c) if isinstance(c, torch.Tensor | np.ndarray) else np.asarray(c, dtype=np.float32)
+    c = c.astype(np.float32, copy=False)  # a boolean constant: the runtime's 0/1 floats
     attrs["other_first"] = first
     return t.emit(kind, [v], out, nhwc=v.nhwc, attrs=attrs, tensors={"other": t.const_like(c, v)})
 
@@ -920,6 +922,39 @@ def _embedding(t, node, w, ids, *rest):  # type: ignore[no-untyped-def]
     return t.emit("embedding", [t.plain(ids)], _shape(node), attrs=attrs, tensors=tensors)
 
 
+def _node_dtype(a: Any) -> Any:
+    val = a.meta.get("val") if isinstance(a, torch.fx.Node) else a
+    return getattr(val, "dtype", None)
+
+
+@_handles(aten.scaled_dot_product_attention.default)
+def _attention(t, node, q, k, v, mask=None, dropout=0.0, causal=False, *, scale=None,  # type: ignore[no-untyped-def]
+               enable_gqa=False):  # fmt: skip
+    if enable_gqa:
+        raise OnebitError("cannot pack grouped-query attention (enable_gqa=True)")
+    if dropout:
+        raise OnebitError(f"cannot pack attention with dropout {dropout} in eval mode")
+    if not all(isinstance(x, _V) for x in (q, k, v)):
+        raise OnebitError("cannot pack attention whose query, key or value is a constant")
+    q, k, v = t.plain(q), t.plain(k), t.plain(v)
+    s = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    attrs: dict[str, Any] = {"scale": s, "causal": bool(causal)}
+    inputs, tensors = [q, k, v], {}
+    if mask is not None:
+        raw = node.kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
+        boolean = _node_dtype(raw) == torch.bool
+        if isinstance(mask, _V):
+            inputs.append(t.plain(mask))
+            attrs["mask"] = "bool" if boolean else "add"
+        else:
+            c = mask.numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+            if boolean:  # stored additive: 0 where it attends, -inf where not
+                c = np.where(c, 0.0, -np.inf)
+            tensors["mask"] = np.ascontiguousarray(c, dtype=np.float32)
+            attrs["mask"] = "add"
+    return t.emit("attention", inputs, _shape(node), attrs=attrs, tensors=tensors)
+
+
 @_handles(aten.where.self)
 def _where(t, node, cond, x, y):  # type: ignore[no-untyped-def]
     inputs, tensors = [], {}
@@ -955,6 +990,20 @@ def _thresholds(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.nda
     thresh = np.where(a == 0, np.where(b >= 0, -big, big), thresh)
     flip = a < 0
     return np.clip(thresh, -big, big).astype(np.float32), flip
+
+
+def fold_reshapes(ops: list[Op]) -> None:
+    """In place: a reshape of a reshape reads the first one's input (C-order reshapes compose
+    to the last one), and a reshape no op reads any more is dropped; each is one op less per
+    forward pass (a captured transformer has ~4 per block, around its linear layers)."""
+    made = {op.name: op for op in ops}
+    for op in ops:
+        src = made.get(op.inputs[0]) if op.op == "reshape" and op.inputs else None
+        while src is not None and src.op == "reshape":
+            op.inputs[0] = src.inputs[0]
+            src = made.get(src.inputs[0])
+    read = {i for op in ops for i in op.inputs}
+    ops[:] = [op for op in ops if op.op != "reshape" or op.name in read]
 
 
 def fuse_thresholds(ops: list[Op], tensors: dict[str, np.ndarray]) -> None:
@@ -1032,6 +1081,14 @@ def _example(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     return tuple(example_inputs)
 
 
+def _decompositions() -> dict[Any, Any]:
+    """ATen core IR's decompositions, less attention's: the runtime runs
+    ``scaled_dot_product_attention`` as one op (its decomposition is ~15 small ops per layer)."""
+    table = torch.export.default_decompositions()
+    table.pop(aten.scaled_dot_product_attention.default, None)
+    return table
+
+
 def capture(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Any:
     """``torch.export`` of the packed copy of ``model`` (batch axis dynamic), ATen core IR."""
     m = pack_(copy.deepcopy(model).eval())
@@ -1042,7 +1099,7 @@ def capture(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Any:
     try:
         with torch.no_grad():
             ep = torch.export.export(m, tuple(example_inputs), dynamic_shapes=dyn, strict=False)
-        return ep.run_decompositions()
+        return ep.run_decompositions(_decompositions())
     except OnebitError:
         raise
     except Exception as e:  # export raises many types on code it cannot capture
@@ -1083,6 +1140,7 @@ def pack(
         ops, tensors, extra = translator.run()
     if fuse:
         fuse_thresholds(ops, tensors)
+    fold_reshapes(ops)
     x = example[0]
     shape = [int(v) for v in x.shape[1:]]
     c = shape[0] if x.dim() > 1 else 1

@@ -88,7 +88,7 @@ def test_file_round_trip_and_size(tmp_path):
     packed = pack(model, (1, 12, 12), mean=[0.5], std=[0.25], source={"method": "bc"})
     path = packed.save(tmp_path / "m.onebit")
     with safe_open(str(path), "np") as f:  # a captured graph (inputs as torch takes them)
-        assert f.metadata()["format_version"] == str(FORMAT_VERSION) == "4"
+        assert f.metadata()["format_version"] == "4"  # no attention: still version 4
     loaded = load(path)
     x = np.random.default_rng(0).standard_normal((5, 1, 12, 12)).astype(np.float32)
     np.testing.assert_array_equal(loaded(x), packed(x))
@@ -382,7 +382,7 @@ def test_slice_and_pad_match_torch(tmp_path, method):
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     path = packed.save(tmp_path / "m.onebit")
     with safe_open(str(path), "np") as f:
-        assert f.metadata()["format_version"] == str(FORMAT_VERSION)
+        assert f.metadata()["format_version"] == "4"
     np.testing.assert_array_equal(load(path)(x.numpy()), out)
 
 
@@ -656,9 +656,8 @@ def test_a_batch_axis_moved_for_good_is_one_sentence():
 
 @pytest.mark.parametrize("method", ["bc", "xnor"])
 def test_onebit_vit_packs_saves_and_loads(tmp_path, method):
-    """onebit's own ViT (qkv permute, scaled_dot_product_attention with its -inf mask test,
-    a class token) through the file, against torch; its masks are broadcast views, not tensors
-    of the attention's size."""
+    """onebit's own ViT (qkv permute, scaled_dot_product_attention, a class token) through the
+    file, against torch; its attention is one op of the file (format version 5)."""
     torch.manual_seed(0)
     m = METHODS[method]
     model = onebit.models.build("vit", (3, 16, 16), 4, dim=32, depth=2, heads=2,
@@ -669,9 +668,51 @@ def test_onebit_vit_packs_saves_and_loads(tmp_path, method):
     packed = pack(model, (x[:2],))
     floats = sum(p.numel() * 4 for p in model.parameters())
     assert sum(v.nbytes for v in packed.tensors.values()) < floats / 2
-    loaded = load(packed.save(tmp_path / "vit.onebit"))
+    assert sum(op.op == "attention" for op in packed.ops) == 2  # one per block
+    path = packed.save(tmp_path / "vit.onebit")
+    with safe_open(str(path), "np") as f:
+        assert f.metadata()["format_version"] == "5"
+    loaded = load(path)
     with torch.no_grad():
         ref = model(x).numpy()
     out = loaded(x.numpy())
     assert (out.argmax(1) == ref.argmax(1)).all()
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+class _Attends(nn.Module):
+    """Attention with each kind of mask torch takes: causal, a constant boolean or float mask,
+    and a mask computed from the input (keys whose first feature is negative are ignored)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.proj = nn.Linear(8, 24)
+        g = torch.Generator().manual_seed(1)
+        self.register_buffer("keep", torch.rand(6, 6, generator=g) > 0.3)
+        self.register_buffer("bias", torch.randn(6, 6, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.proj(x).reshape(x.shape[0], 6, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        sdpa = F.scaled_dot_product_attention
+        if self.kind == "causal":
+            return sdpa(q, k, v, is_causal=True)
+        if self.kind == "bool":
+            return sdpa(q, k, v, attn_mask=self.keep)
+        if self.kind == "float":
+            return sdpa(q, k, v, attn_mask=self.bias, scale=0.2)
+        keep = (x[:, None, None, :, 0] >= 0) | torch.eye(6, dtype=torch.bool)  # from the input
+        return sdpa(q, k, v, attn_mask=keep)
+
+
+@pytest.mark.parametrize("kind", ["causal", "bool", "float", "input"])
+def test_attention_masks_pack_as_one_op(kind, tmp_path):
+    torch.manual_seed(0)
+    model = _Attends(kind).eval()
+    x = torch.randn(5, 6, 8)
+    packed = pack(model, (x[:2],))
+    assert [op.op for op in packed.ops].count("attention") == 1
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = load(packed.save(tmp_path / "a.onebit"))(x.numpy())
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)

@@ -193,6 +193,119 @@ def test_embedding_float_and_binary():
     np.testing.assert_allclose(got, wb[ids], rtol=1e-6)
 
 
+def _qkv(lq: int = 7, lk: int = 9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    q = RNG.standard_normal((5, 3, lq, 8)).astype(np.float32)
+    k = RNG.standard_normal((5, 3, lk, 8)).astype(np.float32)
+    v = RNG.standard_normal((5, 3, lk, 6)).astype(np.float32)
+    return q, k, v
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("chunk", [1 << 18, 1], ids=["one-slice", "per-example"])
+def test_attention(causal, chunk, monkeypatch):
+    """torch's scaled_dot_product_attention, batch sliced or not; q, k, v strided views as
+    a head split leaves them."""
+    from onebit.runtime import generic
+
+    monkeypatch.setattr(generic, "_ATTENTION_CHUNK", chunk)
+    q, k, v = _qkv()
+    qs, ks, vs = (np.ascontiguousarray(a.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+                  for a in (q, k, v))  # fmt: skip
+    assert not qs.flags.c_contiguous
+    ref = F.scaled_dot_product_attention(*map(torch.from_numpy, (q, k, v)), is_causal=causal,
+                                         scale=0.3).numpy()  # fmt: skip
+    got = _run("attention", {"scale": 0.3, "causal": causal}, qs, ks, vs)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["add", "bool"])
+@pytest.mark.parametrize("where", ["input", "tensor"])
+def test_attention_masks_and_fully_masked_rows(kind, where):
+    """A float mask is added, a 0/1 mask (the runtime's booleans) keeps the 1s; a row that
+    attends nowhere gives zeros, as torch's math attention does."""
+    q, k, v = _qkv()
+    keep = RNG.random((5, 1, 7, 9)) > 0.3
+    keep[0, 0, 2] = False  # a fully masked row
+    if kind == "add":
+        mask = np.where(keep, RNG.standard_normal(keep.shape), -np.inf).astype(np.float32)
+        tm = torch.from_numpy(mask)
+    else:
+        mask, tm = keep.astype(np.float32), torch.from_numpy(keep)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        ref = F.scaled_dot_product_attention(*map(torch.from_numpy, (q, k, v)), attn_mask=tm)
+    ref = ref.numpy()
+    assert (ref[0, :, 2] == 0).all()  # what torch's math version gives
+    attrs = {"scale": 8**-0.5, "mask": kind}
+    if where == "input":
+        got = _run("attention", attrs, q, k, v, mask)
+    else:
+        got = _run("attention", attrs, q, k, v, mask=mask)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "reference"])
+def test_row_kernels_against_their_float64_reference_on_every_isa(native, monkeypatch):
+    """kernels.softmax / layer_norm (the runtime's softmax, layer_norm and attention): every
+    instruction set gives the same bits (one body, the same operations in the same order), all
+    within float32 rounding of the float64 reference, rows of any length (tails of 1-15), -inf
+    and NaN entries and fully masked rows included."""
+    from onebit.kernels import reference
+
+    if not native:
+        monkeypatch.setattr(kernels, "_native", None)
+    isas = kernels.available_isas() if native else ["reference"]
+    for n in (1, 5, 16, 17, 65, 300):
+        x = (RNG.standard_normal((40, n)) * 6).astype(np.float32)
+        x[3] = -np.inf
+        x[7, 0] = np.nan
+        x[9, n // 2] = -np.inf
+        w, b = RNG.standard_normal((2, n)).astype(np.float32)
+        got: dict[str, list[np.ndarray]] = {}
+        try:
+            for isa in isas:
+                if native:
+                    kernels.set_isa(isa)
+                got[isa] = [kernels.softmax(x, log=lg, safe=sf) for lg in (False, True)
+                            for sf in (False, True)] + [kernels.layer_norm(x[10:], w, b, 1e-5)]  # fmt: skip
+        finally:
+            if native:
+                kernels.set_isa(None)
+        first = got[isas[0]]
+        for isa in isas[1:]:
+            for a, c in zip(got[isa], first, strict=True):
+                np.testing.assert_array_equal(a, c, err_msg=f"{isa} n={n}")
+        refs = [
+            reference.softmax(x, log=lg, safe=sf) for lg in (False, True) for sf in (False, True)
+        ]
+        refs.append(reference.layer_norm(x[10:], w, b, 1e-5))
+        for a, r in zip(first, refs, strict=True):
+            np.testing.assert_allclose(a, r, rtol=3e-6, atol=1e-6, err_msg=f"n={n}")
+        sm, sm_safe = first[0], first[1]
+        assert np.isnan(sm[3]).all() and (sm_safe[3] == 0).all()  # fully masked row
+        assert np.isnan(sm[7]).all()  # a NaN spreads over its row, as in torch
+        assert sm_safe[9, n // 2] == 0  # exp(-inf)
+
+
+def test_gelu_gives_the_same_bits_on_every_isa():
+    """The vectorized GELU (ob_rows.c) is one body for every instruction set; tails of 1-15
+    values, infinities, NaN and |x| > 20 included. Its accuracy: test_erf_and_gelu_are_..."""
+    x = np.concatenate([np.linspace(-30, 30, 4099), [np.nan, np.inf, -np.inf, 0.0, -0.0]])
+    x = x.astype(np.float32)
+    outs = {}
+    try:
+        for isa in kernels.available_isas():
+            kernels.set_isa(isa)
+            outs[isa] = kernels.gelu(x)
+    finally:
+        kernels.set_isa(None)
+    for isa, y in outs.items():
+        np.testing.assert_array_equal(y, outs["generic"], err_msg=isa)
+    y = outs["generic"]
+    assert np.isnan(y[-5]) and y[-4] == np.inf and y[-3] == 0 and y[-2] == 0
+    big = x[:-5] > 20
+    np.testing.assert_array_equal(y[:-5][big], x[:-5][big])
+
+
 def test_every_op_kind_has_a_case_here():
     import inspect
     import sys

@@ -270,6 +270,17 @@ def _generic(packed: PackedModel, op: Op) -> _Step | None:
             return y + s.bias if "bias" in role else y
 
         return _Step(norm, **role)
+    if kind == "attention":
+
+        def attention(s: _Step, q: Tensor, k: Tensor, v: Tensor, *mask: Tensor) -> Tensor:
+            mk = mask[0] if mask else getattr(s, "mask", None)
+            if mk is not None and a.get("mask") == "bool":
+                mk = mk != 0
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mk, is_causal=bool(a.get("causal")), scale=a["scale"]
+            )
+
+        return _Step(attention, **role)
     if kind == "reduce":
         f = {"mean": torch.mean, "sum": torch.sum, "amax": torch.amax, "amin": torch.amin}[a["fn"]]
         return _Step(lambda s, x: f(x, dim=tuple(a["axes"]), keepdim=a["keepdim"]))

@@ -60,6 +60,7 @@ __all__ = [
     "get_isa",
     "get_num_threads",
     "im2col",
+    "layer_norm",
     "matmul",
     "matmul_available",
     "native_available",
@@ -72,6 +73,7 @@ __all__ = [
     "set_isa",
     "set_num_threads",
     "sign",
+    "softmax",
     "threshold_sign",
     "unpack_bits",
     "vnni_panels",
@@ -509,6 +511,91 @@ def gelu(x: npt.NDArray[np.float32], *, threads: int | None = None) -> npt.NDArr
     in the negative tail where ``1 + erf`` cancels). Reference:
     :func:`onebit.kernels.reference.gelu`."""
     return _special(x, 1, threads)
+
+
+def _rows(x: npt.NDArray[np.float32], what: str) -> npt.NDArray[np.float32]:
+    xa = np.ascontiguousarray(x, dtype=np.float32)
+    if xa.ndim == 0:
+        raise KernelInputError(f"{what} needs an array of at least one axis; got a scalar.")
+    return xa
+
+
+def softmax(
+    x: npt.NDArray[np.float32],
+    *,
+    log: bool = False,
+    safe: bool = False,
+    out: npt.NDArray[np.float32] | None = None,
+    threads: int | None = None,
+) -> npt.NDArray[np.float32]:
+    """Softmax along the last axis, float32: ``y = exp(x - max) / sum exp(x - max)`` per row
+    (``log``: log-softmax ``x - max - log sum exp(x - max)``). ``exp`` is Cephes' single-precision
+    polynomial (~1 ulp), sums in float32 over 16 partial sums. A row of -inf only gives zeros
+    with ``safe`` (attention's fully masked rows, as torch's math attention), NaN without (as
+    ``torch.softmax``). ``out`` (C-contiguous float32 of ``x``'s shape, may be ``x``) receives
+    the result. Reference: :func:`onebit.kernels.reference.softmax`."""
+    xa = _rows(x, "softmax")
+    if _native is None:
+        _fallback()
+        y = reference.softmax(xa, log=log, safe=safe)
+        if out is None:
+            return y
+        out[...] = y
+        return out
+    y = _out_like(xa, out, "softmax")
+    n = xa.shape[-1]
+    _native.softmax(xa, y, xa.size // n if n else 0, n, int(log), int(safe), _threads(threads))
+    return y
+
+
+def layer_norm(
+    x: npt.NDArray[np.float32],
+    weight: npt.NDArray[np.float32] | None = None,
+    bias: npt.NDArray[np.float32] | None = None,
+    eps: float = 1e-5,
+    *,
+    out: npt.NDArray[np.float32] | None = None,
+    threads: int | None = None,
+) -> npt.NDArray[np.float32]:
+    """Layer normalization along the last axis (Ba et al. 2016), float32:
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the biased variance, the mean and
+    variance summed in float64; ``weight`` and ``bias`` (the last axis's length) are optional.
+    ``out`` as in :func:`softmax`. Reference: :func:`onebit.kernels.reference.layer_norm`."""
+    xa = _rows(x, "layer_norm")
+    n = xa.shape[-1]
+    w = None if weight is None else np.ascontiguousarray(weight, dtype=np.float32).reshape(-1)
+    b = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+    for name, v in (("weight", w), ("bias", b)):
+        if v is not None and v.size != n:
+            raise KernelInputError(f"layer_norm's {name} has {v.size} values for rows of {n}.")
+    if _native is None:
+        _fallback()
+        y = reference.layer_norm(xa, w, b, eps)
+        if out is None:
+            return y
+        out[...] = y
+        return out
+    y = _out_like(xa, out, "layer_norm")
+    _native.layer_norm(xa, y, xa.size // n if n else 0, n, w, b, float(eps), _threads(threads))
+    return y
+
+
+def _out_like(
+    xa: npt.NDArray[np.float32], out: npt.NDArray[np.float32] | None, what: str
+) -> npt.NDArray[np.float32]:
+    if out is None:
+        return np.empty_like(xa)
+    if (
+        type(out) is not np.ndarray
+        or out.dtype != np.float32
+        or out.shape != xa.shape
+        or not out.flags.c_contiguous
+        or not out.flags.writeable
+    ):
+        raise KernelInputError(
+            f"{what}'s out must be a writable C-contiguous float32 array of shape {xa.shape}."
+        )
+    return out
 
 
 def clamp_(

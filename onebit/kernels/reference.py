@@ -27,10 +27,12 @@ __all__ = [
     "erf",
     "gelu",
     "im2col",
+    "layer_norm",
     "num_words",
     "pack_bits",
     "pack_conv_weight",
     "scale_bias",
+    "softmax",
     "threshold_sign",
     "unpack_bits",
     "xnor_gemm",
@@ -234,6 +236,38 @@ def gelu(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """``GELU(x) = 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(-x / sqrt 2)`` (no cancellation for
     x << 0), float32 (computed in float64)."""
     return (0.5 * x * erfc64(-x / np.sqrt(2.0))).astype(np.float32)
+
+
+def softmax(x: npt.NDArray[np.float32], *, log: bool = False, safe: bool = False
+            ) -> npt.NDArray[np.float32]:  # fmt: skip
+    """Softmax along the last axis, ``exp(x - max) / sum exp(x - max)`` (``log``: log-softmax,
+    ``x - max - log sum exp(x - max)``), computed in float64. A row of -inf only gives zeros with
+    ``safe`` (a fully masked attention row, as torch's math attention) and NaN without."""
+    x64 = np.asarray(x, dtype=np.float64)
+    mx = x64.max(axis=-1, keepdims=True)
+    dead = np.isneginf(mx)
+    with np.errstate(invalid="ignore"):
+        z = x64 - mx
+    s = np.exp(z).sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = z - np.log(s) if log else np.exp(z) / s
+    if safe:
+        y = np.where(dead, 0.0, y)
+    return y.astype(np.float32)
+
+
+def layer_norm(x: npt.NDArray[np.float32], weight: npt.NDArray[np.float32] | None,
+               bias: npt.NDArray[np.float32] | None, eps: float) -> npt.NDArray[np.float32]:  # fmt: skip
+    """Layer normalization along the last axis: ``(x - mean) / sqrt(var + eps) * w + b`` with
+    the biased variance (Ba et al. 2016), computed in float64."""
+    x64 = np.asarray(x, dtype=np.float64)
+    d = x64 - x64.mean(axis=-1, keepdims=True)
+    y = d / np.sqrt((d * d).mean(axis=-1, keepdims=True) + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y.astype(np.float32)
 
 
 def clamp_(x: npt.NDArray[np.float32], lo: float, hi: float) -> npt.NDArray[np.float32]:

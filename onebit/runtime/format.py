@@ -7,7 +7,8 @@ layers kept in float; its string metadata holds
 
 - ``format = "onebit"`` and ``format_version``: the oldest version that describes the graph
   (:func:`format_version`): ``"1"``; ``"2"`` when a convolution is grouped (``attrs["groups"]``);
-  ``"3"`` when the graph uses the generic ``slice`` or ``pad`` ops. A reader refuses a newer
+  ``"3"`` when the graph uses the generic ``slice`` or ``pad`` ops; ``"4"`` with the general ops
+  of a captured graph; ``"5"`` with the fused ``attention`` op. A reader refuses a newer
   version than it knows instead of running ops it would misread;
 - ``graph``: JSON list of ops ``{"op", "name", "inputs", "attrs", "tensors"}`` in execution
   order (see :mod:`onebit.runtime.ops`);
@@ -62,20 +63,25 @@ __all__ = [
 ]
 
 FORMAT = "onebit"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # Version 2 added grouped/depthwise convolutions (``attrs["groups"]``), version 3 the generic
 # ``slice`` and ``pad`` ops (which replaced the architecture-specific ``shortcut_a``). A file is
 # written as the oldest version that describes it, so a model without these still loads in an
 # older reader; one with them is refused by that reader instead of being computed wrongly.
 _V3_OPS = frozenset({"slice", "pad"})
 # Version 4: graphs captured with torch.export (``input.layout = "graph"``), with the general ops
-# of onebit.runtime.generic and layers' input thresholds.
-_V4_OPS = frozenset(GENERIC_OPS)
+# of onebit.runtime.generic and layers' input thresholds. Version 5: the fused attention op
+# (torch's scaled_dot_product_attention kept whole instead of its decomposition).
+_V5_OPS = frozenset({"attention"})
+_V4_OPS = frozenset(GENERIC_OPS) - _V5_OPS
 
 
 def format_version(ops: list[Op]) -> int:
     """The oldest format version that describes ``ops``: 4 with the general ops of a captured
-    graph, else 3 with ``slice``/``pad`` ops, else 2 with grouped convolutions, else 1."""
+    graph, else 3 with ``slice``/``pad`` ops, else 2 with grouped convolutions, else 1; 5 with
+    the fused ``attention`` op."""
+    if any(op.op in _V5_OPS for op in ops):
+        return 5
     if any(op.op in _V4_OPS or "act_shift" in op.tensors for op in ops):
         return 4
     if any(op.op in _V3_OPS for op in ops):
@@ -230,6 +236,8 @@ def _stored_op(d: Any) -> Op:
 
 def _needed_version(stored: list[Op]) -> tuple[int, str]:
     """The oldest format version the stored ops need, and why."""
+    if any(op.op in _V5_OPS for op in stored):
+        return 5, "the attention op"
     if any(op.op in _V4_OPS or "act_shift" in op.tensors for op in stored):
         return 4, "the general ops of captured graphs (or input thresholds)"
     if any(op.op in _V3_OPS for op in stored):

@@ -23,6 +23,10 @@ layer_norm     ``axes`` (the trailing ones), ``eps``; tensors ``weight``, ``bias
 reduce         ``fn`` (mean sum amax amin), ``axes``, ``keepdim``
 cat            ``axis``; inputs in order
 matmul         ``a @ b``; one input and the tensor ``other`` (``other_first``) or two inputs
+attention      inputs ``q, k, v`` (and a mask): ``softmax(q k^T * scale + mask) v`` over the last two
+               axes, torch's ``scaled_dot_product_attention``: ``scale``, ``causal`` (top-left
+               aligned), ``mask`` ``"add"`` (a float mask added) or ``"bool"`` (0/1: 1 attends), the
+               4th input or the tensor ``mask``; a fully masked row gives zeros
 pool2d         NHWC: ``kind`` (max avg), ``kernel_size``, ``stride``, ``padding``,
                ``count_include_pad`` (avg), ``extra_padding`` (torch's ceil mode: rows and columns
                added at the far edge, never counted)
@@ -131,27 +135,60 @@ def _where(m: ModelState, op: Op, *inputs: Array) -> Array:
 
 
 def _softmax(m: ModelState, op: Op, x: Array) -> Array:
-    axis = op.attrs["axis"]
-    z = x - x.max(axis=axis, keepdims=True)
-    if op.attrs.get("log"):
-        return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
+    axis = op.attrs["axis"] % x.ndim
+    last = axis == x.ndim - 1
+    xa = np.ascontiguousarray(x if last else np.moveaxis(x, axis, -1), dtype=_F32)
+    y = kernels.softmax(xa, log=bool(op.attrs.get("log")))
+    return y if last else np.moveaxis(y, -1, axis)
 
 
 def _layer_norm(m: ModelState, op: Op, x: Array) -> Array:
-    axes = tuple(op.attrs["axes"])
-    # float32 throughout, two passes (numpy's pairwise sums keep the mean and variance at float32
-    # accuracy for the row lengths of real layers)
-    xf = x.astype(_F32, copy=False)
-    y = xf - xf.mean(axis=axes, keepdims=True)
-    var = np.square(y).mean(axis=axes, keepdims=True)
-    y *= 1.0 / np.sqrt(var + _F32(op.attrs["eps"]))
-    if "weight" in op.tensors:
-        y *= m.tensors[op.tensors["weight"]]
-    if "bias" in op.tensors:
-        y += m.tensors[op.tensors["bias"]]
-    return y
+    axes = tuple(op.attrs["axes"])  # the trailing ones (the file's schema checks it)
+    n = math.prod(x.shape[a] for a in axes)
+    xa = np.ascontiguousarray(x, dtype=_F32).reshape(-1, n)
+    w = m.tensors[op.tensors["weight"]] if "weight" in op.tensors else None
+    b = m.tensors[op.tensors["bias"]] if "bias" in op.tensors else None
+    return kernels.layer_norm(xa, w, b, op.attrs["eps"]).reshape(x.shape)
+
+
+_ATTENTION_CHUNK = 1 << 18  # bytes of scores per step: they stay in L2 from matmul to softmax
+
+
+def _attention(m: ModelState, op: Op, q: Array, k: Array, v: Array, *mask: Array) -> Array:
+    """``softmax(q k^T * scale + mask) v`` over the last two axes (torch's
+    ``scaled_dot_product_attention``; fully masked rows give zeros, as its math version). Runs
+    over slices of the batch so that each slice's scores are still in cache for the softmax
+    and the second product."""
+    a = op.attrs
+    kind = a.get("mask")
+    mk = (mask[0] if mask else m.tensors[op.tensors["mask"]]) if kind is not None else None
+    lq, lk = q.shape[-2], k.shape[-2]
+    causal = np.triu(np.ones((lq, lk), dtype=bool), 1) if a.get("causal") else None
+    shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    out = np.empty((*shape, lq, v.shape[-1]), dtype=_F32)
+    per = math.prod(shape[1:]) * lq * lk * 4
+    step = max(1, _ATTENTION_CHUNK // max(per, 1))
+    qs = q * _F32(a["scale"])  # scaled on the smaller operand
+    kt = np.swapaxes(k, -1, -2)
+    for i in range(0, shape[0], step):
+        sl = slice(i, i + step)
+
+        def pick(t: Array, sl: slice = sl) -> Array:
+            return t if t.shape[0] == 1 else t[sl]  # batch 1: broadcast over the batch
+
+        s = np.matmul(pick(qs), pick(kt))
+        if causal is not None:
+            s[..., causal] = -np.inf  # top-left aligned, as torch's is_causal
+        if mk is not None:
+            mi = pick(mk) if mk.ndim == s.ndim else mk
+            if kind == "bool":  # the runtime's booleans: 1 attends, 0 does not
+                s = np.where(mi != 0, s, _F32(-np.inf))
+            else:
+                s += mi
+        s = np.ascontiguousarray(s, dtype=_F32)
+        kernels.softmax(s, safe=True, out=s)
+        np.matmul(s, pick(v), out=out[sl])
+    return out
 
 
 def _reduce(m: ModelState, op: Op, x: Array) -> Array:
@@ -232,6 +269,7 @@ GENERIC_OPS: dict[str, Callable[..., Array]] = {
     "reduce": _reduce,
     "cat": lambda m, op, *xs: np.concatenate(xs, axis=op.attrs["axis"]),
     "matmul": _matmul,
+    "attention": _attention,
     "pool2d": _pool2d,
     "embedding": _embedding,
     "cast": _cast,

@@ -397,8 +397,10 @@ OPS_INPLACE: dict[str, Callable[..., Array]] = {
 VIEW_OPS = frozenset({"flatten", "slice"})
 # Outputs kept as they are, strided views included, instead of copied to C order: every op
 # reads strided inputs (numpy does; the kernels' wrappers copy them to C order first), so a
-# copy here would be one more pass (a ResNet shortcut's subsampling feeds straight into its pad).
-STRIDED_OPS = frozenset({"slice"})
+# copy here would be one more pass (a ResNet shortcut's subsampling feeds straight into its pad;
+# a transformer's head split, a transpose of the fused q/k/v projection, into attention's matmuls;
+# a broadcast expand into a where).
+STRIDED_OPS = frozenset({"slice", "transpose", "expand"})
 
 
 OPS: dict[str, Callable[..., Array]] = {

@@ -408,6 +408,9 @@ GRAPH_RULES: dict[str, Rule] = {
     "extra_padding": pair_at_least(0),
     "dim": int_at_least(1),
     "dtype": one_of("float32", "int64"),
+    "scale": lambda v: None if _is_number(v) else "a finite number",
+    "causal": lambda v: None if isinstance(v, bool) else "true or false",
+    "mask": one_of("add", "bool"),
 }
 ATTR_RULES.update(GRAPH_RULES)
 
@@ -506,6 +509,17 @@ def _matmul_infer(a: dict[str, Any], v: list[Value]) -> Value:
     return Value("float", v[0].shape)  # the products' shapes are checked when they run
 
 
+def _attention_infer(a: dict[str, Any], v: list[Value]) -> Value:
+    q, k, val = (_float_in(x, "attention") for x in v[:3])
+    if min(len(q.shape), len(k.shape), len(val.shape)) < 2:
+        raise GraphError("its q, k and v are not (..., length, features) values")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != val.shape[-2]:
+        raise GraphError(f"its q {q.shape}, k {k.shape} and v {val.shape} do not fit together")
+    if len(v) == 4 and a.get("mask") is None:
+        raise GraphError("it has a 4th input (a mask) but no mask attribute")
+    return Value("float", (*q.shape[:-1], val.shape[-1]))
+
+
 def _pool_infer(a: dict[str, Any], v: list[Value]) -> Value:
     x = _float_in(v[0], "pool2d")
     if len(x.shape) != 3:
@@ -602,6 +616,13 @@ SCHEMA.update(
             ("module", "other_first"),
             optional_roles=lambda a, v: _const_role(v) if len(v) == 1 else {},
             infer=_matmul_infer,
+        ),
+        "attention": OpSpec(
+            (3, 4),
+            ("scale",),
+            ("module", "causal", "mask"),
+            optional_roles=lambda a, v: {"mask": _dynamic_role("float32")} if len(v) == 3 else {},
+            infer=_attention_infer,
         ),
         "pool2d": OpSpec(
             1,

@@ -276,6 +276,7 @@ const ob_isa_table ob_avx2_table = {
     "avx2",          2,               2,           y_pack_bits, y_xnor, y_bfgemm,
     y_threshold_f32, y_threshold_i32, y_scale_bias, NULL, 1, 1, ob_xnor_panels_generic,
     ob_dconv_generic, ob_dwconv_generic,
+    ob_softmax_rows_avx2, ob_layernorm_rows_avx2, ob_gelu_avx2,
 };
 
 #endif /* OB_X86 */

@@ -708,6 +708,7 @@ const ob_isa_table ob_avx512_table = {
     "avx512",        Z_XNR,           Z_BNB,       z_pack_bits, z_xnor, z_bfgemm,
     z_threshold_f32, z_threshold_i32, z_scale_bias, z_sgemm, Z_SMR, Z_SNR, z_xnor_panels,
     ob_dconv_avx512, ob_dwconv_avx512,
+    ob_softmax_rows_avx512, ob_layernorm_rows_avx512, ob_gelu_avx512,
 };
 
 #endif /* OB_X86 */

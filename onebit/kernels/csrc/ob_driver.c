@@ -630,6 +630,7 @@ int ob_scale_bias(const int32_t *y, const float *alpha, const float *beta, float
 /* ------------------------------------------------------------------ erf, GELU */
 
 typedef struct {
+    const ob_isa_table *t;
     const float *x;
     float *y;
     int fn;
@@ -643,20 +644,60 @@ static int special_range(const void *vctx, int64_t i0, int64_t i1, int64_t n0, i
     float *y = c->y;
     if (c->fn == OB_SPECIAL_ERF) {
         for (int64_t i = i0; i < i1; i++) y[i] = erff(x[i]);
-    } else { /* GELU: 0.5 x (1 + erf(x / sqrt 2)) written with erfc: no cancellation for x << 0 */
-        for (int64_t i = i0; i < i1; i++) {
-            const float v = x[i];
-            y[i] = 0.5f * v * erfcf(-v * 0.70710678118654752f);
-        }
+    } else { /* GELU, vectorized (ob_rows.c) */
+        c->t->gelu(x, y, i0, i1);
     }
     return 0;
 }
 
 int ob_special_f32(const float *x, float *y, int64_t n, int fn, int threads) {
     if (n <= 0) return 0;
-    special_ctx c = {x, y, fn};
-    const int t = resolve_threads(threads, 16.0 * (double)n, 1 << 16);
+    special_ctx c = {current(), x, y, fn};
+    const int t = resolve_threads(threads, (fn == OB_SPECIAL_ERF ? 16.0 : 4.0) * (double)n, 1 << 16);
     return run_2d(t, n, 1, 16, 1, special_range, &c);
+}
+
+/* ------------------------------------------------------------------ softmax, layer norm */
+
+typedef struct {
+    const ob_isa_table *t;
+    const float *x, *w, *b;
+    float *y;
+    int64_t n;
+    int log, safe;
+    float eps;
+} rows_ctx;
+
+static int softmax_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+    const rows_ctx *c = (const rows_ctx *)vctx;
+    (void)n0;
+    (void)n1;
+    c->t->softmax_rows(c->x, c->y, r0, r1, c->n, c->log, c->safe);
+    return 0;
+}
+
+static int layernorm_range(const void *vctx, int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+    const rows_ctx *c = (const rows_ctx *)vctx;
+    (void)n0;
+    (void)n1;
+    c->t->layernorm_rows(c->x, c->y, r0, r1, c->n, c->w, c->b, c->eps);
+    return 0;
+}
+
+int ob_softmax_f32(const float *x, float *y, int64_t R, int64_t n, int log, int safe,
+                   int threads) {
+    if (R <= 0 || n <= 0) return 0;
+    rows_ctx c = {current(), x, NULL, NULL, y, n, log, safe, 0.0f};
+    const int t = resolve_threads(threads, 8.0 * (double)R * (double)n, 1 << 16);
+    return run_2d(t, R, 1, 1, 1, softmax_range, &c);
+}
+
+int ob_layernorm_f32(const float *x, float *y, int64_t R, int64_t n, const float *w,
+                     const float *b, float eps, int threads) {
+    if (R <= 0 || n <= 0) return 0;
+    rows_ctx c = {current(), x, w, b, y, n, 0, 0, eps};
+    const int t = resolve_threads(threads, 4.0 * (double)R * (double)n, 1 << 16);
+    return run_2d(t, R, 1, 1, 1, layernorm_range, &c);
 }
 
 /* ------------------------------------------------------------------ clamp */

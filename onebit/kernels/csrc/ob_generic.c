@@ -188,4 +188,5 @@ const ob_isa_table ob_generic_table = {
     "generic",        8,           8, g_pack_bits, g_xnor, g_bfgemm, g_threshold_f32,
     g_threshold_i32, g_scale_bias, NULL,     1,           1, ob_xnor_panels_generic,
     ob_dconv_generic, ob_dwconv_generic,
+    ob_softmax_rows_generic, ob_layernorm_rows_generic, ob_gelu_generic,
 };

@@ -150,7 +150,24 @@ typedef struct {
     /* rows r in [r0, r1) of (B * Ho) output rows, columns [n0, n1) (n0 a multiple of 64) */
     int (*dconv)(const ob_dconv_args *p, int64_t r0, int64_t r1, int64_t n0, int64_t n1);
     int (*dwconv)(const ob_dwconv_args *p, int64_t r0, int64_t r1);
+    /* rows [r0, r1) of n floats (ob_rows.c): softmax or log-softmax; layer normalization */
+    void (*softmax_rows)(const float *x, float *y, int64_t r0, int64_t r1, int64_t n, int log,
+                         int safe);
+    void (*layernorm_rows)(const float *x, float *y, int64_t r0, int64_t r1, int64_t n,
+                           const float *w, const float *b, float eps);
+    void (*gelu)(const float *x, float *y, int64_t i0, int64_t i1); /* y[i0:i1] = GELU(x) */
 } ob_isa_table;
+
+/* ob_rows.c, one variant per instruction set */
+#define OB_ROWS_DECL(sfx)                                                                       \
+    void ob_softmax_rows_##sfx(const float *x, float *y, int64_t r0, int64_t r1, int64_t n,     \
+                               int log, int safe);                                              \
+    void ob_layernorm_rows_##sfx(const float *x, float *y, int64_t r0, int64_t r1, int64_t n,   \
+                                 const float *w, const float *b, float eps);       \
+    void ob_gelu_##sfx(const float *x, float *y, int64_t i0, int64_t i1);
+OB_ROWS_DECL(generic)
+OB_ROWS_DECL(avx2)
+OB_ROWS_DECL(avx512)
 
 #define OB_XNOR_PANEL 32 /* rows of B per panel (ob_xnor_pack_panels) */
 
@@ -204,10 +221,17 @@ int ob_sgemm_available(void);
 /* out[i] = x[i] >= 0 ? +1 : -1 (x and out may be the same array) */
 int ob_sign_f32(const float *x, float *out, int64_t n, int threads);
 int ob_clamp_f32(float *x, int64_t n, float lo, float hi, int threads);
-/* y = erf(x) (fn OB_SPECIAL_ERF) or GELU(x) = 0.5 x erfc(-x / sqrt 2) (OB_SPECIAL_GELU), libm's
-   single-precision erff/erfcf; y may be x */
+/* y = erf(x) (fn OB_SPECIAL_ERF: libm's erff) or GELU(x) = 0.5 x erfc(-x / sqrt 2)
+   (OB_SPECIAL_GELU: ob_rows.c's vectorized erfc); y may be x */
 enum { OB_SPECIAL_ERF = 0, OB_SPECIAL_GELU = 1 };
 int ob_special_f32(const float *x, float *y, int64_t n, int fn, int threads);
+/* rows of n floats (R, n): y = softmax / log-softmax along each row (safe: a row of -inf only
+ * gives zeros, else NaN); y may be x */
+int ob_softmax_f32(const float *x, float *y, int64_t R, int64_t n, int log, int safe,
+                   int threads);
+/* rows of n floats: y = (x - mean) / sqrt(var + eps) * w + b, w and b (n,) or NULL; y may be x */
+int ob_layernorm_f32(const float *x, float *y, int64_t R, int64_t n, const float *w,
+                     const float *b, float eps, int threads);
 /* float32 NHWC x (B, H, W, C) -> patches (B * Ho * Wo, KH * KW * C), zero padded. */
 int ob_im2col_f32(const float *x, float *out, int64_t B, int64_t H, int64_t W, int64_t C,
                   int KH, int KW, int sh, int sw, int ph, int pw, int threads);

@@ -355,6 +355,59 @@ static PyObject *py_special(PyObject *self, PyObject *args) {
     return finish(err);
 }
 
+/* softmax(x: f32 (R, n), y: f32 (R, n) writable, R, n, log, safe, threads) */
+static PyObject *py_softmax(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer x, y;
+    long long R, n;
+    int log, safe, threads, err = 0;
+    if (!PyArg_ParseTuple(args, "y*w*LLiii", &x, &y, &R, &n, &log, &safe, &threads)) return NULL;
+    int64_t rn = 0;
+    const int bad = check_dims(R, n, &rn, "softmax") || check_size(&x, rn, 4, "x") ||
+                    check_size(&y, rn, 4, "y");
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS err = ob_softmax_f32((const float *)x.buf, (float *)y.buf, R, n,
+                                                    log, safe, threads);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    if (bad) return NULL;
+    return finish(err);
+}
+
+/* layer_norm(x: f32 (R, n), y: f32 (R, n) writable, R, n, w: f32 (n,) or None, b: f32 (n,) or
+ * None, eps, threads) */
+static PyObject *py_layer_norm(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer x, y, w = {0}, b = {0};
+    PyObject *wo, *bo;
+    long long R, n;
+    float eps;
+    int threads, err = 0;
+    if (!PyArg_ParseTuple(args, "y*w*LLOOfi", &x, &y, &R, &n, &wo, &bo, &eps, &threads))
+        return NULL;
+    const int got_w = wo != Py_None && PyObject_GetBuffer(wo, &w, PyBUF_C_CONTIGUOUS) == 0;
+    const int got_b = bo != Py_None && PyObject_GetBuffer(bo, &b, PyBUF_C_CONTIGUOUS) == 0;
+    int64_t rn = 0;
+    const int bad = (wo != Py_None && !got_w) || (bo != Py_None && !got_b) ||
+                    check_dims(R, n, &rn, "layer_norm") || check_size(&x, rn, 4, "x") ||
+                    check_size(&y, rn, 4, "y") || (got_w && check_size(&w, n, 4, "w")) ||
+                    (got_b && check_size(&b, n, 4, "b"));
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS err = ob_layernorm_f32(
+            (const float *)x.buf, (float *)y.buf, R, n, got_w ? (const float *)w.buf : NULL,
+            got_b ? (const float *)b.buf : NULL, eps, threads);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    if (got_w) PyBuffer_Release(&w);
+    if (got_b) PyBuffer_Release(&b);
+    if (bad) return NULL;
+    return finish(err);
+}
+
 /* clamp_(x: f32 (n,) writable, n, lo, hi, threads): x = min(max(x, lo), hi) in place */
 static PyObject *py_clamp(PyObject *self, PyObject *args) {
     (void)self;
@@ -812,6 +865,9 @@ static PyMethodDef methods[] = {
     {"scale_bias", py_scale_bias, METH_VARARGS, "scale_bias(y, alpha, beta, out, M, N, threads)"},
     {"clamp", py_clamp, METH_VARARGS, "clamp(x, n, lo, hi, threads): x = min(max(x, lo), hi)"},
     {"special", py_special, METH_VARARGS, "special(x, y, n, fn, threads): y = erf(x) / GELU(x)"},
+    {"softmax", py_softmax, METH_VARARGS, "softmax(x, y, R, n, log, safe, threads): rows"},
+    {"layer_norm", py_layer_norm, METH_VARARGS,
+     "layer_norm(x, y, R, n, w, b, eps, threads): rows, w and b may be None"},
     {"sgemm", py_sgemm, METH_VARARGS,
      "sgemm(a, b, c, M, N, K, rsa, csa, rsb, csb, ldc, accumulate, threads)"},
     {"sgemm_available", py_sgemm_available, METH_NOARGS,

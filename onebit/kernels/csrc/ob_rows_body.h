@@ -1,0 +1,278 @@
+/* Body of the row kernels (ob_rows.c includes it once per instruction set, with OB_ROWS_ATTR
+ * the target attribute and OB_ROWS(name) the suffixed name). Loops run over blocks of 16
+ * floats with 16 explicit partial sums, so that the compiler vectorizes them at any vector
+ * width while every instruction set computes the same operations in the same order (with
+ * -ffp-contract=off: the same bits). */
+
+/* exp of 16 values, Cephes' single-precision method: n = round(x log2 e), r = x - n ln 2 in two
+ * parts, a degree-7 polynomial, times 2^n built in the exponent bits. Relative error ~1 ulp on
+ * [-87.3, 88.3]; below -87.3 (including -inf) the result is 0, above 88.3 it is exp(88.3); NaN
+ * stays NaN. */
+/* whether a row has a NaN (only asked of rows whose max is -inf: the max skips NaNs) */
+OB_ROWS_ATTR static int OB_ROWS(any_nan)(const float *x, int64_t n) {
+    for (int64_t j = 0; j < n; j++)
+        if (x[j] != x[j]) return 1;
+    return 0;
+}
+
+#ifdef OB_ROWS_AVX512
+/* The portable exp16 and softmax_row below, the same operations in the same order (so the same
+ * bits), on zmm registers with masked tails: the portable loops, vectorized by the compiler,
+ * spent ~3x as long per row on a 65-long attention row. */
+OB_ROWS_ATTR static inline __attribute__((always_inline)) __m512 OB_ROWS(exp512)(__m512 xv) {
+    const __mmask16 nan = _mm512_cmp_ps_mask(xv, xv, _CMP_UNORD_Q);
+    __m512 a = _mm512_mask_mov_ps(xv, nan, _mm512_setzero_ps());
+    const __m512 lo = _mm512_set1_ps(-87.3365f);
+    a = _mm512_mask_mov_ps(a, _mm512_cmp_ps_mask(a, lo, _CMP_LT_OQ), lo);
+    const __m512 hi = _mm512_set1_ps(88.3762f);
+    a = _mm512_mask_mov_ps(a, _mm512_cmp_ps_mask(a, hi, _CMP_GT_OQ), hi);
+    const __m512 magic = _mm512_set1_ps(12582912.0f);
+    const __m512 t = _mm512_add_ps(_mm512_mul_ps(a, _mm512_set1_ps(1.44269504088896341f)), magic);
+    const __m512 n = _mm512_sub_ps(t, magic);
+    const __m512 r = _mm512_sub_ps(_mm512_sub_ps(a, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f))),
+                                   _mm512_mul_ps(n, _mm512_set1_ps(-2.12194440e-4f)));
+    __m512 q = _mm512_set1_ps(1.9875691500e-4f);
+    q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(1.3981999507e-3f));
+    q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(8.3334519073e-3f));
+    q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(4.1665795894e-2f));
+    q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(1.6666665459e-1f));
+    q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 p = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(q, r), r), r),
+                                   _mm512_set1_ps(1.0f));
+    const __m512i e = _mm512_slli_epi32(
+        _mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+    __m512 res = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    res = _mm512_mask_mov_ps(res, _mm512_cmp_ps_mask(xv, lo, _CMP_LT_OQ), _mm512_setzero_ps());
+    return _mm512_mask_mov_ps(res, nan, xv);
+}
+
+OB_ROWS_ATTR static inline __attribute__((always_inline)) void OB_ROWS(exp16)(const float *x,
+                                                                              float *y) {
+    _mm512_storeu_ps(y, OB_ROWS(exp512)(_mm512_loadu_ps(x)));
+}
+
+OB_ROWS_ATTR static void OB_ROWS(softmax_row)(const float *x, float *y, int64_t n, int log,
+                                              int safe) {
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    const int64_t full = n & ~(int64_t)15;
+    const __mmask16 tm = (__mmask16)((1u << (n - full)) - 1u);
+    __m512 m = ninf;
+    for (int64_t j = 0; j < full; j += 16) m = _mm512_max_ps(_mm512_loadu_ps(x + j), m);
+    if (tm) m = _mm512_mask_max_ps(m, tm, _mm512_maskz_loadu_ps(tm, x + full), m);
+    float mx = _mm512_reduce_max_ps(m); /* exact in any order */
+    if (mx == -INFINITY && safe && !OB_ROWS(any_nan)(x, n)) { /* NaN-only rows stay NaN */
+        memset(y, 0, (size_t)n * sizeof(float));
+        return;
+    }
+    const __m512 mv = _mm512_set1_ps(mx);
+    __m512 s = _mm512_setzero_ps();
+    for (int64_t j = 0; j < full; j += 16) {
+        const __m512 e = OB_ROWS(exp512)(_mm512_sub_ps(_mm512_loadu_ps(x + j), mv));
+        s = _mm512_add_ps(s, e);
+        if (!log) _mm512_storeu_ps(y + j, e);
+    }
+    if (tm) {
+        const __m512 z = _mm512_mask_sub_ps(ninf, tm, _mm512_maskz_loadu_ps(tm, x + full), mv);
+        const __m512 e = OB_ROWS(exp512)(z);
+        s = _mm512_add_ps(s, e);
+        if (!log) _mm512_mask_storeu_ps(y + full, tm, e);
+    }
+    /* lanes summed pairwise, i + (i + 8), then + 4, + 2, + 1: the portable order */
+    __m256 h8 = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
+    __m128 h4 = _mm_add_ps(_mm256_castps256_ps128(h8), _mm256_extractf128_ps(h8, 1));
+    __m128 h2 = _mm_add_ps(h4, _mm_movehl_ps(h4, h4));
+    __m128 h1 = _mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1));
+    const float sum = _mm_cvtss_f32(h1);
+    if (log) {
+        const __m512 c = _mm512_set1_ps(mx + logf(sum) - mx);
+        for (int64_t j = 0; j < full; j += 16)
+            _mm512_storeu_ps(y + j, _mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + j), mv), c));
+        if (tm)
+            _mm512_mask_storeu_ps(
+                y + full, tm, _mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(tm, x + full), mv), c));
+    } else {
+        const __m512 inv = _mm512_set1_ps(1.0f / sum);
+        for (int64_t j = 0; j < full; j += 16)
+            _mm512_storeu_ps(y + j, _mm512_mul_ps(_mm512_loadu_ps(y + j), inv));
+        if (tm)
+            _mm512_mask_storeu_ps(y + full, tm,
+                                  _mm512_mul_ps(_mm512_maskz_loadu_ps(tm, y + full), inv));
+    }
+}
+#else
+OB_ROWS_ATTR static inline __attribute__((always_inline)) void OB_ROWS(exp16)(const float *x,
+                                                                              float *y) {
+    float v[16], n[16], p[16];
+    int32_t e[16];
+    for (int i = 0; i < 16; i++) {
+        float a = x[i] == x[i] ? x[i] : 0.0f; /* NaN: computed as 0, restored below */
+        a = a < -87.3365f ? -87.3365f : a;
+        a = a > 88.3762f ? 88.3762f : a;
+        const float t = a * 1.44269504088896341f + 12582912.0f; /* round to nearest */
+        n[i] = t - 12582912.0f;
+        v[i] = a;
+    }
+    for (int i = 0; i < 16; i++) {
+        const float r = (v[i] - n[i] * 0.693359375f) - n[i] * -2.12194440e-4f;
+        float q = 1.9875691500e-4f;
+        q = q * r + 1.3981999507e-3f;
+        q = q * r + 8.3334519073e-3f;
+        q = q * r + 4.1665795894e-2f;
+        q = q * r + 1.6666665459e-1f;
+        q = q * r + 5.0000001201e-1f;
+        p[i] = (q * r) * r + r + 1.0f;
+        e[i] = ((int32_t)n[i] + 127) << 23;
+    }
+    float s[16];
+    memcpy(s, e, sizeof s);
+    for (int i = 0; i < 16; i++) {
+        const float r = p[i] * s[i];
+        y[i] = x[i] != x[i] ? x[i] : (x[i] < -87.3365f ? 0.0f : r);
+    }
+}
+
+
+/* One row of n floats: y = softmax(x) (or log-softmax with `log`). A row whose every entry is
+ * -inf gives zeros with `safe` (attention's fully masked rows, as torch's math attention) and
+ * NaN without it (as torch's softmax). y may be x. */
+OB_ROWS_ATTR static void OB_ROWS(softmax_row)(const float *x, float *y, int64_t n, int log,
+                                              int safe) {
+    float m16[16];
+    for (int i = 0; i < 16; i++) m16[i] = -INFINITY;
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int i = 0; i < 16; i++) m16[i] = x[j + i] > m16[i] ? x[j + i] : m16[i];
+    float mx = -INFINITY;
+    for (int i = 0; i < 16; i++) mx = m16[i] > mx ? m16[i] : mx;
+    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    if (mx == -INFINITY && safe && !OB_ROWS(any_nan)(x, n)) { /* NaN-only rows stay NaN */
+        memset(y, 0, (size_t)n * sizeof(float));
+        return;
+    }
+    float s16[16] = {0}, z[16], ez[16];
+    for (j = 0; j + 16 <= n; j += 16) {
+        for (int i = 0; i < 16; i++) z[i] = x[j + i] - mx;
+        OB_ROWS(exp16)(z, ez);
+        for (int i = 0; i < 16; i++) s16[i] += ez[i];
+        if (!log) memcpy(y + j, ez, sizeof ez);
+    }
+    const int64_t tail = n - j;
+    if (tail > 0) {
+        for (int i = 0; i < 16; i++) z[i] = i < tail ? x[j + i] - mx : -INFINITY;
+        OB_ROWS(exp16)(z, ez);
+        for (int i = 0; i < 16; i++) s16[i] += ez[i];
+        if (!log) memcpy(y + j, ez, (size_t)tail * sizeof(float));
+    }
+    for (int w = 8; w >= 1; w /= 2) /* pairwise, as the AVX-512 variant adds its lanes */
+        for (int i = 0; i < w; i++) s16[i] += s16[i + w];
+    const float sum = s16[0];
+    if (log) {
+        const float ls = mx + logf(sum); /* y = x - max - log(sum) */
+        for (j = 0; j < n; j++) y[j] = (x[j] - mx) - (ls - mx);
+    } else {
+        const float inv = 1.0f / sum;
+        for (j = 0; j < n; j++) y[j] *= inv;
+    }
+}
+
+#endif /* OB_ROWS_AVX512 */
+
+/* One row of n floats: y = (x - mean) / sqrt(var + eps) * w + b (w, b may be NULL), the mean and
+ * the (biased) variance summed in double. y may be x. */
+OB_ROWS_ATTR static void OB_ROWS(layernorm_row)(const float *x, float *y, int64_t n,
+                                                const float *w, const float *b, float eps) {
+    double a16[16] = {0};
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int i = 0; i < 16; i++) a16[i] += (double)x[j + i];
+    double acc = 0.0;
+    for (int i = 0; i < 16; i++) acc += a16[i];
+    for (; j < n; j++) acc += (double)x[j];
+    const float mean = (float)(acc / (double)n);
+    for (int i = 0; i < 16; i++) a16[i] = 0.0;
+    for (j = 0; j + 16 <= n; j += 16)
+        for (int i = 0; i < 16; i++) {
+            const double d = (double)(x[j + i] - mean);
+            a16[i] += d * d;
+        }
+    acc = 0.0;
+    for (int i = 0; i < 16; i++) acc += a16[i];
+    for (; j < n; j++) {
+        const double d = (double)(x[j] - mean);
+        acc += d * d;
+    }
+    const float rstd = 1.0f / sqrtf((float)(acc / (double)n) + eps);
+    for (j = 0; j < n; j++) y[j] = (x[j] - mean) * rstd;
+    if (w)
+        for (j = 0; j < n; j++) y[j] *= w[j];
+    if (b)
+        for (j = 0; j < n; j++) y[j] += b[j];
+}
+
+OB_ROWS_ATTR void OB_ROWS(ob_softmax_rows)(const float *x, float *y, int64_t r0, int64_t r1,
+                                           int64_t n, int log, int safe) {
+    for (int64_t r = r0; r < r1; r++) OB_ROWS(softmax_row)(x + r * n, y + r * n, n, log, safe);
+}
+
+OB_ROWS_ATTR void OB_ROWS(ob_layernorm_rows)(const float *x, float *y, int64_t r0, int64_t r1,
+                                             int64_t n, const float *w, const float *b,
+                                             float eps) {
+    for (int64_t r = r0; r < r1; r++) OB_ROWS(layernorm_row)(x + r * n, y + r * n, n, w, b, eps);
+}
+
+/* GELU(x) = 0.5 x erfc(-x / sqrt 2) of 16 values (Hendrycks & Gimpel 2016), erfc(z), z = |x| / sqrt 2,
+ * by the Chebyshev fit of Numerical Recipes (erfcc: t exp(-z^2 + P(t)), t = 1 / (1 + z / 2),
+ * relative error < 1.2e-7), with z^2 split into an exact head zh^2 (zh: z with its 12 low bits
+ * cleared) and a tail, exp(-zh^2) exp(P(t) - tail), so that float32 rounding of z^2 does not
+ * grow with z. x >= 0: x - 0.5 x erfc(z); x < 0: 0.5 x erfc(z); |x| > 20: x or -0; NaN stays. */
+OB_ROWS_ATTR static inline __attribute__((always_inline)) void OB_ROWS(gelu16)(const float *x,
+                                                                               float *y) {
+    float z[16], zh[16], t[16], a1[16], a2[16], e1[16], e2[16];
+    int32_t zi[16];
+    for (int i = 0; i < 16; i++) {
+        const float v = x[i] == x[i] ? x[i] : 0.0f;
+        const float av = v < 0.0f ? -v : v;
+        z[i] = (av < 20.0f ? av : 20.0f) * 0.70710678118654752f;
+        t[i] = 1.0f / (1.0f + 0.5f * z[i]);
+    }
+    memcpy(zi, z, sizeof zi);
+    for (int i = 0; i < 16; i++) zi[i] &= (int32_t)0xFFFFF000;
+    memcpy(zh, zi, sizeof zh);
+    for (int i = 0; i < 16; i++) {
+        const float tt = t[i];
+        float p = 0.17087277f;
+        p = p * tt + -0.82215223f;
+        p = p * tt + 1.48851587f;
+        p = p * tt + -1.13520398f;
+        p = p * tt + 0.27886807f;
+        p = p * tt + -0.18628806f;
+        p = p * tt + 0.09678418f;
+        p = p * tt + 0.37409196f;
+        p = p * tt + 1.00002368f;
+        p = p * tt + -1.26551223f;
+        const float tail = (z[i] - zh[i]) * (z[i] + zh[i]); /* z^2 - zh^2 */
+        a1[i] = -(zh[i] * zh[i]);                          /* exact */
+        a2[i] = p - tail;
+    }
+    OB_ROWS(exp16)(a1, e1);
+    OB_ROWS(exp16)(a2, e2);
+    for (int i = 0; i < 16; i++) {
+        const float v = x[i];
+        const float h = 0.5f * v * (t[i] * (e1[i] * e2[i])); /* 0.5 x erfc(z) */
+        const float g = v >= 0.0f ? v - h : h;
+        const float big = v > 0.0f ? v : -0.0f;
+        const float r = (v < -20.0f || v > 20.0f) ? big : g;
+        y[i] = v != v ? v : r;
+    }
+}
+
+OB_ROWS_ATTR void OB_ROWS(ob_gelu)(const float *x, float *y, int64_t i0, int64_t i1) {
+    int64_t i = i0;
+    for (; i + 16 <= i1; i += 16) OB_ROWS(gelu16)(x + i, y + i);
+    if (i < i1) {
+        float bx[16] = {0}, by[16];
+        memcpy(bx, x + i, (size_t)(i1 - i) * sizeof(float));
+        OB_ROWS(gelu16)(bx, by);
+        memcpy(y + i, by, (size_t)(i1 - i) * sizeof(float));
+    }
+}
