@@ -13,6 +13,8 @@ $py benchmarks/bench_kernels.py --rounds 9 --threads 1,2 --out "$out/kernels.jso
 $py benchmarks/bench_xnor_limit.py --blocks 30 --out "$out/xnor_limit.json"
 # each packed model against torch fp32 / bf16 and onnxruntime fp32 / int8, batch 1, 16, 64
 $py benchmarks/bench_models.py --repeats 20 --batches 1 16 64 --threads 1 2 --out "$out/models.json"
+# models written outside onebit (pytorchcv ResNet-20, a Hugging Face BERT), the same baselines
+$py benchmarks/bench_own_models.py --threads 1 2 --batches 1 16 64 --out "$out/own_models/speed.json"
 bash benchmarks/lce/setup.sh > /dev/null
 $py benchmarks/lce/compare_conv.py --out "$out/lce_conv.json" > /dev/null
 # seconds per epoch of the Fashion-MNIST MLP recipe, onebit beside Larq, when the data is found

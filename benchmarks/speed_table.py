@@ -1,4 +1,9 @@
-"""The README's speed and size tables from a speed record folder (see speed_records.sh)."""
+"""The README's speed and size tables from a speed record folder (see speed_records.sh).
+
+python benchmarks/speed_table.py records/<date>_speed               # the record's README.md
+python benchmarks/speed_table.py records/<date>_speed --readme README.md
+    # ... and the same tables into README.md between <!-- speed:start --> and <!-- speed:end -->
+"""
 
 from __future__ import annotations
 
@@ -116,8 +121,44 @@ def limit_lines(x: dict) -> list[str]:
     return lines
 
 
+START, END = "<!-- speed:start -->", "<!-- speed:end -->"
+
+
+def into_readme(readme: Path, folder: Path, text: str) -> bool:
+    """Replace the README's generated speed section with ``text`` (the record's tables, its title
+    dropped); True when the file changed. The markers must be there already."""
+    old = readme.read_text()
+    if START not in old or END not in old:
+        raise SystemExit(f"{readme} has no {START} ... {END} section.")
+    body = text.split("\n", 2)[2] if text.startswith("# ") else text
+    head = (
+        f"{START}\n<!-- generated from {folder.as_posix()} by `python benchmarks/speed_table.py "
+        f"{folder.as_posix()} --readme {readme.name}`; do not edit -->\n\n"
+    )
+    new = old[: old.index(START)] + head + body.strip() + "\n\n" + old[old.index(END) :]
+    if new != old:
+        readme.write_text(new)
+    return new != old
+
+
 def main() -> None:
-    folder = Path(sys.argv[1])
+    args = sys.argv[1:]
+    readme = None
+    if "--readme" in args:
+        i = args.index("--readme")
+        readme = Path(args[i + 1])
+        del args[i : i + 2]
+    folder = Path(args[0])
+    text = tables(folder)
+    if readme is None:
+        print(text)
+    else:
+        changed = into_readme(readme, folder, text)
+        print(f"{readme}: {'updated' if changed else 'up to date'}")
+
+
+def tables(folder: Path) -> str:
+    """The record's tables as markdown."""
     k = load(folder, "kernels.json")
     m = load(folder, "models.json")
     lce = load(folder, "lce_conv.json")
@@ -202,6 +243,10 @@ def main() -> None:
             f"| {case['case']} | {fb / 2**20:.2f} MiB | {pb / 2**20:.3f} MiB | {fb / pb:.0f}x | "
             f"{case['model_float_bytes'] / 2**20:.2f} MiB | {case['model_packed_bytes'] / 2**20:.3f} MiB |"
         )
+    own = folder / "own_models" / "README.md"
+    if own.is_file():  # bench_own_models.py's table, its title dropped
+        out += ["", "Models written outside onebit (`own_models/`):", "",
+                *own.read_text().split("\n", 2)[2].strip().splitlines()]  # fmt: skip
     out += ["", *train_step_lines(step)]
     if (folder / "epoch_time.json").is_file():
         ep = load(folder, "epoch_time.json")
@@ -223,7 +268,7 @@ def main() -> None:
         "Made with `benchmarks/speed_records.sh`.",
         "",
     ]
-    print("\n".join(out))
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
