@@ -18,7 +18,9 @@ $py benchmarks/bench_own_models.py --threads 1 2 --batches 1 16 64 --out "$out/o
 bash benchmarks/lce/setup.sh > /dev/null
 $py benchmarks/lce/compare_conv.py --out "$out/lce_conv.json" > /dev/null
 # seconds per epoch of the Fashion-MNIST MLP recipe, onebit beside Larq, when the data is found
-if .venv/bin/onebit data where fashion-mnist > /dev/null 2>&1; then
+if fm=$(.venv/bin/onebit data where fashion-mnist 2> /dev/null); then
+  # the Larq script reads the folder onebit found (it does not search onebit's places itself)
+  export ONEBIT_DATA=${ONEBIT_DATA:-$(dirname "$fm")}
   bash benchmarks/larq/setup.sh > /dev/null
   $py benchmarks/larq/epoch_time.py --out "$out/epoch_time.json"
 fi
