@@ -537,11 +537,7 @@ def softmax(
     xa = _rows(x, "softmax")
     if _native is None:
         _fallback()
-        y = reference.softmax(xa, log=log, safe=safe)
-        if out is None:
-            return y
-        out[...] = y
-        return out
+        return _into(reference.softmax(xa, log=log, safe=safe), out)
     y = _out_like(xa, out, "softmax")
     n = xa.shape[-1]
     _native.softmax(xa, y, xa.size // n if n else 0, n, int(log), int(safe), _threads(threads))
@@ -570,14 +566,20 @@ def layer_norm(
             raise KernelInputError(f"layer_norm's {name} has {v.size} values for rows of {n}.")
     if _native is None:
         _fallback()
-        y = reference.layer_norm(xa, w, b, eps)
-        if out is None:
-            return y
-        out[...] = y
-        return out
+        return _into(reference.layer_norm(xa, w, b, eps), out)
     y = _out_like(xa, out, "layer_norm")
     _native.layer_norm(xa, y, xa.size // n if n else 0, n, w, b, float(eps), _threads(threads))
     return y
+
+
+def _into(
+    y: npt.NDArray[np.float32], out: npt.NDArray[np.float32] | None
+) -> npt.NDArray[np.float32]:
+    """The reference's result ``y``, written into ``out`` when the caller gave one."""
+    if out is None:
+        return y
+    out[...] = y
+    return out
 
 
 def _out_like(

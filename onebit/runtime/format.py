@@ -77,18 +77,10 @@ _V4_OPS = frozenset(GENERIC_OPS) - _V5_OPS
 
 
 def format_version(ops: list[Op]) -> int:
-    """The oldest format version that describes ``ops``: 4 with the general ops of a captured
-    graph, else 3 with ``slice``/``pad`` ops, else 2 with grouped convolutions, else 1; 5 with
-    the fused ``attention`` op."""
-    if any(op.op in _V5_OPS for op in ops):
-        return 5
-    if any(op.op in _V4_OPS or "act_shift" in op.tensors for op in ops):
-        return 4
-    if any(op.op in _V3_OPS for op in ops):
-        return 3
-    if any(op.attrs.get("groups", 1) != 1 for op in ops):
-        return 2
-    return 1
+    """The oldest format version that describes ``ops``: 5 with the fused ``attention`` op, 4
+    with the general ops of a captured graph, 3 with ``slice``/``pad`` ops, 2 with grouped
+    convolutions, else 1 (:func:`_needed_version`, which also says why)."""
+    return _needed_version(ops)[0]
 
 
 def _sha(a: Array) -> str:
