@@ -7,6 +7,7 @@ kernels' thread pool is the only one (:func:`serial_blas`).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -18,8 +19,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from onebit import kernels
 from onebit.errors import OnebitError
 from onebit.runtime import format as fmt
+from onebit.runtime import slicing
 from onebit.runtime.generic import GENERIC_OPS
 from onebit.runtime.ops import OPS, OPS_INPLACE, STRIDED_OPS, VIEW_OPS, Array, Op
 
@@ -70,6 +73,11 @@ class PackedModel:
 
     ``model(x)`` takes float32 NCHW (or ``(N, F)``) inputs already normalized like the training
     data; ``model.predict_raw(x)`` normalizes raw inputs (uint8 images or floats) first.
+
+    A batch runs as slices of a few examples when no op of the graph mixes examples
+    (:mod:`onebit.runtime.slicing`): each slice's largest value then takes at most
+    ``slice_bytes`` per kernel thread, so that it stays in cache. ``slice_bytes = 0`` runs
+    every batch whole.
     """
 
     ops: list[Op]
@@ -77,6 +85,7 @@ class PackedModel:
     input: dict[str, Any]
     source: dict[str, Any] = field(default_factory=dict)
     cache: dict[Any, Array] = field(default_factory=dict, repr=False)  # derived, never saved
+    slice_bytes: int = slicing.SLICE_BYTES
 
     def __call__(
         self, x: npt.ArrayLike, profile: dict[str, float] | None = None, **inputs: npt.ArrayLike
@@ -101,7 +110,41 @@ class PackedModel:
             xa = np.ascontiguousarray(xa.transpose(0, 2, 3, 1))  # NCHW -> NHWC
         extra = self._extra_inputs(xa.shape[0], inputs)
         with serial_blas():
-            return self._run(xa, profile, extra)
+            n = xa.shape[0]
+            step = self._examples_per_slice(xa, extra)
+            if step >= n:
+                return self._run(xa, profile, extra)
+            return np.concatenate(
+                [
+                    self._run(
+                        xa[i : i + step], profile, {k: v[i : i + step] for k, v in extra.items()}
+                    )
+                    for i in range(0, n, step)
+                ]
+            )
+
+    def _examples_per_slice(self, xa: Array, extra: dict[str, Array]) -> int:
+        """How many examples of this batch to run at a time (the class doc): the whole batch
+        unless the graph keeps examples apart, which one traced run at batch 2 decides on the
+        first batch that could be sliced (its shapes also give the bytes per example)."""
+        n = xa.shape[0]
+        if self.slice_bytes <= 0 or n < 2:
+            return n
+        if "slicing" not in self.cache:
+            two = {k: v[:2] for k, v in extra.items()}
+            trace = {"input": (2, *xa.shape[1:])} | {k: tuple(v.shape) for k, v in two.items()}
+            self._run(xa[:2], None, two, trace)
+            names = ["input", *extra]
+            tensors = {k: tuple(v.shape) for k, v in self.tensors.items()}
+            local = slicing.batch_local(self.ops, trace, tensors, names, 2)
+            batched = slicing.batched_values(self.ops, names)
+            # float32 bytes of the largest value, per example
+            per = max((math.prod(s) * 4 for k, s in trace.items() if k in batched), default=0) // 2
+            self.cache["slicing"] = (local, per)  # type: ignore[assignment]
+        local, per = self.cache["slicing"]  # type: ignore[misc]
+        if not local:
+            return n
+        return slicing.examples_per_slice(per, self.slice_bytes, kernels.get_num_threads())
 
     def _extra_inputs(self, n: int, given: dict[str, npt.ArrayLike]) -> dict[str, Array]:
         """The file's further inputs from the caller's keywords, checked."""
@@ -146,8 +189,13 @@ class PackedModel:
         return self.cache["in_place"]  # type: ignore[return-value]
 
     def _run(
-        self, xa: Array, profile: dict[str, float] | None, extra: dict[str, Array] | None = None
+        self,
+        xa: Array,
+        profile: dict[str, float] | None,
+        extra: dict[str, Array] | None = None,
+        trace: dict[str, tuple[int, ...]] | None = None,
     ) -> Array:
+        """The graph on one batch (``trace``: when given, every value's shape is put in it)."""
         env: dict[str, Array] = {"input": xa, **(extra or {})}
         in_place = self._in_place()
         for op in self.ops:
@@ -166,6 +214,8 @@ class PackedModel:
                     f"op {op.name!r} ({op.op}) cannot run on its input ({first[:160]})."
                 ) from None
             env[op.name] = y if op.op in STRIDED_OPS else np.ascontiguousarray(y)
+            if trace is not None:
+                trace[op.name] = tuple(y.shape)
             if profile is not None:
                 profile[op.name] = profile.get(op.name, 0.0) + time.perf_counter() - t0
         raise OnebitError("the packed graph has no output op; the file is damaged.")

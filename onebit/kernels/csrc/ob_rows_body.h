@@ -266,6 +266,51 @@ OB_ROWS_ATTR static inline __attribute__((always_inline)) void OB_ROWS(gelu16)(c
     }
 }
 
+#ifdef OB_ROWS_AVX512
+/* gelu16 on a zmm register: the same operations in the same order (so the same bits). The
+ * portable loops, vectorized by the compiler, spent ~7 ns per value (the selects and the bit
+ * masks on memory kept them scalar). */
+OB_ROWS_ATTR static inline __attribute__((always_inline)) __m512 OB_ROWS(gelu512)(__m512 x) {
+    const __m512 zero = _mm512_setzero_ps();
+    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    const __m512 v = _mm512_mask_mov_ps(x, nan, zero);
+    const __m512 av = _mm512_mask_sub_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero, v);
+    const __m512 twenty = _mm512_set1_ps(20.0f);
+    const __m512 cz = _mm512_mask_mov_ps(twenty, _mm512_cmp_ps_mask(av, twenty, _CMP_LT_OQ), av);
+    const __m512 z = _mm512_mul_ps(cz, _mm512_set1_ps(0.70710678118654752f));
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 t = _mm512_div_ps(one, _mm512_add_ps(one, _mm512_mul_ps(_mm512_set1_ps(0.5f), z)));
+    const __m512 zh = _mm512_castsi512_ps(
+        _mm512_and_si512(_mm512_castps_si512(z), _mm512_set1_epi32((int32_t)0xFFFFF000)));
+    static const float c[10] = {0.17087277f,  -0.82215223f, 1.48851587f, -1.13520398f,
+                                0.27886807f,  -0.18628806f, 0.09678418f, 0.37409196f,
+                                1.00002368f, -1.26551223f};
+    __m512 p = _mm512_set1_ps(c[0]);
+    for (int k = 1; k < 10; k++) p = _mm512_add_ps(_mm512_mul_ps(p, t), _mm512_set1_ps(c[k]));
+    const __m512 tail = _mm512_mul_ps(_mm512_sub_ps(z, zh), _mm512_add_ps(z, zh));
+    const __m512 a1 = _mm512_sub_ps(zero, _mm512_mul_ps(zh, zh)); /* -(zh^2): exact */
+    const __m512 a2 = _mm512_sub_ps(p, tail);
+    const __m512 e = _mm512_mul_ps(OB_ROWS(exp512)(a1), OB_ROWS(exp512)(a2));
+    const __m512 h = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_mul_ps(t, e));
+    const __m512 g =
+        _mm512_mask_sub_ps(h, _mm512_cmp_ps_mask(x, zero, _CMP_GE_OQ), x, h); /* x >= 0: x - h */
+    const __m512 big = _mm512_mask_mov_ps(_mm512_set1_ps(-0.0f),
+                                          _mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ), x);
+    const __mmask16 far = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-20.0f), _CMP_LT_OQ) |
+                          _mm512_cmp_ps_mask(x, twenty, _CMP_GT_OQ);
+    const __m512 r = _mm512_mask_mov_ps(g, far, big);
+    return _mm512_mask_mov_ps(r, nan, x);
+}
+
+OB_ROWS_ATTR void OB_ROWS(ob_gelu)(const float *x, float *y, int64_t i0, int64_t i1) {
+    int64_t i = i0;
+    for (; i + 16 <= i1; i += 16) _mm512_storeu_ps(y + i, OB_ROWS(gelu512)(_mm512_loadu_ps(x + i)));
+    if (i < i1) {
+        const __mmask16 m = (__mmask16)((1u << (i1 - i)) - 1u);
+        _mm512_mask_storeu_ps(y + i, m, OB_ROWS(gelu512)(_mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+#else
 OB_ROWS_ATTR void OB_ROWS(ob_gelu)(const float *x, float *y, int64_t i0, int64_t i1) {
     int64_t i = i0;
     for (; i + 16 <= i1; i += 16) OB_ROWS(gelu16)(x + i, y + i);
@@ -276,3 +321,4 @@ OB_ROWS_ATTR void OB_ROWS(ob_gelu)(const float *x, float *y, int64_t i0, int64_t
         memcpy(y + i, by, (size_t)(i1 - i) * sizeof(float));
     }
 }
+#endif /* OB_ROWS_AVX512 */
