@@ -109,4 +109,4 @@ def huggingface(
     if task == "image-classification" and len(in_shape) == 3:
         cfg.num_channels, cfg.image_size = in_shape[0], in_shape[1]
     auto = getattr(transformers, HF_TASKS[task])
-    return auto.from_config(cfg, attn_implementation="eager")
+    return auto.from_config(cfg, attn_implementation="sdpa")
