@@ -173,6 +173,15 @@ def tables(folder: Path) -> str:
         + ". Every ratio is measured in one run."
         + (f" CPU flags that matter: {' '.join(flags)}." if flags else ""),
         "",
+    ]
+    if (folder / "COPIED").is_file():  # a --models-only record (speed_records.sh)
+        out += [
+            f"Only the packed models' tables were remade at {m['env']['commit'][:12]}; "
+            + (folder / "COPIED").read_text().strip()
+            + " (their own commit in each file).",
+            "",
+        ]
+    out += [
         "| kernel (one thread unless said) | onebit | baseline | ratio |",
         "|---|---|---|---|",
     ]
