@@ -507,8 +507,8 @@ def erf(x: npt.NDArray[np.float32], *, threads: int | None = None) -> npt.NDArra
 
 
 def gelu(x: npt.NDArray[np.float32], *, threads: int | None = None) -> npt.NDArray[np.float32]:
-    """Exact GELU ``0.5 x erfc(-x / sqrt 2)`` elementwise, float32 (libm's ``erfcf``, accurate
-    in the negative tail where ``1 + erf`` cancels). Reference:
+    """Exact GELU ``0.5 x erfc(-x / sqrt 2)`` elementwise, float32 (a vectorized erfc, accurate
+    in the negative tail where ``1 + erf`` cancels: see ``ob_rows_body.h``). Reference:
     :func:`onebit.kernels.reference.gelu`."""
     return _special(x, 1, threads)
 

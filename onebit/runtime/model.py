@@ -7,7 +7,6 @@ kernels' thread pool is the only one (:func:`serial_blas`).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -134,13 +133,10 @@ class PackedModel:
             two = {k: v[:2] for k, v in extra.items()}
             trace = {"input": (2, *xa.shape[1:])} | {k: tuple(v.shape) for k, v in two.items()}
             self._run(xa[:2], None, two, trace)
-            names = ["input", *extra]
             tensors = {k: tuple(v.shape) for k, v in self.tensors.items()}
-            local = slicing.batch_local(self.ops, trace, tensors, names, 2)
-            batched = slicing.batched_values(self.ops, names)
-            # float32 bytes of the largest value, per example
-            per = max((math.prod(s) * 4 for k, s in trace.items() if k in batched), default=0) // 2
-            self.cache["slicing"] = (local, per)  # type: ignore[assignment]
+            self.cache["slicing"] = slicing.plan(  # type: ignore[assignment]
+                self.ops, trace, tensors, ["input", *extra], 2
+            )
         local, per = self.cache["slicing"]  # type: ignore[misc]
         if not local:
             return n

@@ -16,11 +16,12 @@ concatenate, slice, pad, softmax or contract along it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 from onebit.runtime.ops import Op
 
-__all__ = ["SLICE_BYTES", "batch_local", "batched_values", "examples_per_slice"]
+__all__ = ["SLICE_BYTES", "batch_local", "batched_values", "examples_per_slice", "plan"]
 
 SLICE_BYTES = 1 << 19
 """Bytes of a slice's largest value per kernel thread (a quarter of a core's 2 MiB L2 on the Xeons
@@ -103,6 +104,7 @@ def batch_local(
     tensors: Mapping[str, tuple[int, ...]],
     inputs: Iterable[str],
     batch: int,
+    batched: set[str] | None = None,
 ) -> bool:
     """Whether running ``ops`` on slices of the batch and concatenating the outputs gives the
     whole batch's outputs.
@@ -113,9 +115,10 @@ def batch_local(
         tensors: the shapes of the file's tensors, by name.
         inputs: the names of the graph's inputs (axis 0: the batch).
         batch: the traced batch size (2 or more, so that a batch axis can be told from a 1).
+        batched: :func:`batched_values` of ``ops`` and ``inputs``, when the caller has it.
     """
-    inputs = list(inputs)
-    batched = batched_values(ops, inputs)
+    if batched is None:
+        batched = batched_values(ops, inputs)
     for op in ops:
         if op.name in batched and op.op != "output":
             shape = shapes.get(op.name)
@@ -126,6 +129,21 @@ def batch_local(
             return False
     out = next((op for op in ops if op.op == "output"), None)  # rows of whole examples
     return out is not None and out.inputs[0] in batched and shapes[out.inputs[0]][0] % batch == 0
+
+
+def plan(
+    ops: list[Op],
+    shapes: Mapping[str, tuple[int, ...]],
+    tensors: Mapping[str, tuple[int, ...]],
+    inputs: Iterable[str],
+    batch: int,
+) -> tuple[bool, int]:
+    """From one traced run (arguments of :func:`batch_local`): whether the graph may be sliced,
+    and the float32 bytes per example of its largest computed value."""
+    inputs = list(inputs)
+    batched = batched_values(ops, inputs)
+    largest = max((math.prod(s) * 4 for k, s in shapes.items() if k in batched), default=0)
+    return batch_local(ops, shapes, tensors, inputs, batch, batched), largest // batch
 
 
 def examples_per_slice(bytes_per_example: int, budget: int, threads: int) -> int:
