@@ -273,6 +273,8 @@ class _Translator:
                 return target(*args, **kwargs)
         if not runtime:
             return self.batch_constant(target, args, kwargs)
+        if target is aten.index.Tensor and isinstance(args[0], _V):  # before the batch ranges
+            return _index(self, node, args[0], args[1])  # in its indices are collapsed
         if any(isinstance(x, _Pair) for x in leaves):  # a constant meets the input
             args = [_collapse(a, node) if isinstance(a, _Pair) else
                     [_collapse(x, node) if isinstance(x, _Pair) else x for x in a]
@@ -781,6 +783,51 @@ def _slices(t: _Translator, x: _V, dim: int, start: Any, end: Any, step: int) ->
 def _slice(t, node, x, dim=0, start=None, end=None, step=1):  # type: ignore[no-untyped-def]
     return t.emit("slice", [x], _shape(node), nhwc=x.nhwc,
                   attrs={"slices": _slices(t, x, dim, start, end, step)})  # fmt: skip
+
+
+def _arange_axis(idx: torch.Tensor, n: int, nd: int) -> int | None:
+    """The axis of the ``nd``-D broadcast shape along which the index tensor ``idx`` (right-aligned)
+    is ``0, 1, ..., n - 1`` with every other axis of size 1; None if it is anything else."""
+    shape = (1,) * (nd - idx.dim()) + tuple(idx.shape)
+    long = [a for a, s in enumerate(shape) if s != 1]
+    axis = long[0] if len(long) == 1 else (nd - 1 if n == 1 and not long else None)
+    if axis is None or shape[axis] != n:
+        return None
+    if not torch.equal(idx.reshape(-1).to(torch.int64), torch.arange(n)):
+        return None
+    return axis
+
+
+def _index(t: _Translator, node: Any, x: _V, indices: Sequence[Any]) -> _V:
+    """``x[i0, i1, ...]`` (``aten.index.Tensor``) where every index takes all positions of its
+    axis in order: ``arange(n)`` laid along one axis of the indices' broadcast shape, or, on the
+    batch axis, a range over the batch (a Hugging Face attention mask is read as
+    ``mask[arange(B)[:, None, None, None], arange(S)[None, None, None, :]]``). Such an index
+    only inserts size-1 axes, so it is a reshape; any other index is refused."""
+    where = [p for p, i in enumerate(indices) if i is not None]
+    refuse = OnebitError(
+        f"cannot pack {node.target}{_source(node)}: the runtime reads a tensor index only when it "
+        "takes every position of its axis in order (an arange), as attention masks do."
+    )
+    if not where or where != list(range(where[0], where[-1] + 1)):
+        raise refuse
+    two = [indices[p].two if isinstance(indices[p], _Pair) else indices[p] for p in where]
+    if not all(isinstance(i, torch.Tensor) for i in two):
+        raise refuse
+    nd = max(i.dim() for i in two)
+    axes = []
+    for p, i in zip(where, two, strict=True):
+        batch = isinstance(indices[p], _Pair)
+        if batch != (x.shape[p] == -1) or (batch and p != 0):
+            raise refuse  # a range over the batch must index the batch axis, and only it
+        axis = _arange_axis(i, 2 if batch else x.shape[p], nd)
+        if axis is None or (batch and axis != 0) or (axes and axis <= axes[-1]):
+            raise refuse
+        axes.append(axis)
+    out = _shape(node)
+    if sum(d == -1 for d in out) > 1:
+        raise refuse
+    return t.emit("reshape", [t.plain(x)], out, attrs={"shape": list(out)})
 
 
 @_handles(aten.select.int)

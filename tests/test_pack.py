@@ -611,6 +611,29 @@ def test_a_range_over_the_batch_is_refused_not_frozen():
         pack(_BatchRange(), (torch.randn(2, 3),))
 
 
+class _Indexed(nn.Module):
+    """``x[arange(B)[:, None], idx]``: the batch range and a constant index, as HF masks read."""
+
+    def __init__(self, idx: torch.Tensor) -> None:
+        super().__init__()
+        self.idx = idx
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(x.shape[0])[:, None, None]
+        return x[rows, self.idx[None, None, :]] * 2.0
+
+
+def test_an_index_that_takes_every_position_in_order_packs_and_others_are_refused():
+    x = torch.randn(5, 6)
+    model = _Indexed(torch.arange(6))
+    np.testing.assert_array_equal(pack(model, (x[:2],))(x.numpy()), model(x).numpy())
+    assert model(x).shape == (5, 1, 6)
+    for idx in (torch.tensor([2, 0, 1, 3, 4, 5]), torch.arange(3)):
+        with pytest.raises(OnebitError, match="every position of its axis in order") as e:
+            pack(_Indexed(idx), (x[:2],))
+        assert "\n" not in str(e.value)
+
+
 class _QKVAttention(nn.Module):
     """Attention as timm and onebit's ViT write it: one qkv projection, then
     ``view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)`` moves the batch axis off the front, and

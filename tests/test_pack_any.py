@@ -168,3 +168,45 @@ def test_outside_models_pack_load_without_torch_pack_in_place_and_export(arch, m
     (inp,) = sess.get_inputs()
     assert ("int64" in inp.type) == (not xt.is_floating_point())
     _assert_close("onnx", sess.run(None, {inp.name: xt.numpy()})[0], ref, nudged)
+
+
+class _WithMask(nn.Module):
+    """``model(input_ids=..., attention_mask=...)``, positionally (GPT-2's second positional
+    input is its key/value cache, so a user packs it through such a wrapper)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return first_tensor(self.model(input_ids=ids, attention_mask=attention_mask))
+
+
+@pytest.mark.parametrize("method", ["bc", "xnor"])
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_transformers_pack_with_their_attention_mask_and_padded_examples(arch, method, tmp_path):
+    """A Hugging Face BERT / GPT-2 packed with ``attention_mask`` as a second input: the runtime
+    reads the mask as HF builds it (an index over the batch and the positions) and gives padded
+    examples (right and left padding) what torch gives them, from the file, and with the batch
+    run in slices of one example."""
+    trained, x = _trained(arch, method)
+    model = _WithMask(trained).eval()
+    xt, _ = _batch(arch, n=8, seed=5)
+    mask = torch.ones_like(xt)
+    for row, length in ((1, 10), (3, 4), (6, 1)):
+        mask[row, length:] = 0  # right padding
+    mask[5, :3] = 0  # left padding
+    with torch.no_grad():
+        ref = model(xt, mask).numpy()
+        unmasked = model(xt, torch.ones_like(mask)).numpy()
+    assert np.abs(ref - unmasked).max() > 1e-3 * np.abs(ref).max()  # the mask matters
+    packed = onebit.pack(model, (x, torch.ones_like(x)))
+    assert packed.input["extra"][0]["name"] == "attention_mask"
+    loaded = onebit.load(packed.save(tmp_path / "model.onebit"))
+    scale = np.abs(ref).max()
+    for m in (packed, loaded):
+        out = m(xt.numpy(), attention_mask=mask.numpy())
+        assert np.abs(out - ref).max() <= 1e-4 * scale
+    loaded.slice_bytes = 1  # one example per slice: the mask is sliced with the ids
+    out = loaded(xt.numpy(), attention_mask=mask.numpy())
+    assert np.abs(out - ref).max() <= 1e-4 * scale
