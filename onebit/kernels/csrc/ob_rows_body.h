@@ -222,12 +222,24 @@ OB_ROWS_ATTR void OB_ROWS(ob_layernorm_rows)(const float *x, float *y, int64_t r
 
 /* GELU(x) = 0.5 x erfc(-x / sqrt 2) of 16 values (Hendrycks & Gimpel 2016), erfc(z), z = |x| / sqrt 2,
  * by the Chebyshev fit of Numerical Recipes (erfcc: t exp(-z^2 + P(t)), t = 1 / (1 + z / 2),
- * relative error < 1.2e-7), with z^2 split into an exact head zh^2 (zh: z with its 12 low bits
- * cleared) and a tail, exp(-zh^2) exp(P(t) - tail), so that float32 rounding of z^2 does not
- * grow with z. x >= 0: x - 0.5 x erfc(z); x < 0: 0.5 x erfc(z); |x| > 20: x or -0; NaN stays. */
+ * relative error < 1.2e-7). z^2 is split into an exact head zh^2 (zh: z with its 12 low bits
+ * cleared) and a tail, and exp(-zh^2 + (P(t) - tail)) takes the two parts apart: n = round(s
+ * log2 e) of their sum s, then r = ((-zh^2 - n ln2_hi) - n ln2_lo) + (P - tail), whose first
+ * difference is exact (numbers on a 2^-16 grid, |result| < 2), so float32 rounding of z^2 does
+ * not grow with z; then Cephes' exp polynomial of r times 2^n (as exp16). One exp instead of
+ * exp(-zh^2) exp(P - tail): 2x faster on AVX-512, the same accuracy. No FMAs, so that every
+ * instruction set gives the same bits (a software fmaf would make the portable path 6x
+ * slower); s < -87.3365 gives 0 (GELU's float32 tail is then below 1e-38). x >= 0: x - 0.5 x
+ * erfc(z); x < 0: 0.5 x erfc(z); |x| > 20: x or -0; NaN stays. */
+#define OB_GELU_C                                                                            \
+    {0.17087277f, -0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f, -0.18628806f,        \
+     0.09678418f, 0.37409196f, 1.00002368f, -1.26551223f}
+#define OB_EXP_C {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, \
+                  1.6666665459e-1f, 5.0000001201e-1f}
 OB_ROWS_ATTR static inline __attribute__((always_inline)) void OB_ROWS(gelu16)(const float *x,
                                                                                float *y) {
-    float z[16], zh[16], t[16], a1[16], a2[16], e1[16], e2[16];
+    static const float c[10] = OB_GELU_C, ce[6] = OB_EXP_C;
+    float z[16], zh[16], t[16], h[16];
     int32_t zi[16];
     for (int i = 0; i < 16; i++) {
         const float v = x[i] == x[i] ? x[i] : 0.0f;
@@ -240,26 +252,27 @@ OB_ROWS_ATTR static inline __attribute__((always_inline)) void OB_ROWS(gelu16)(c
     memcpy(zh, zi, sizeof zh);
     for (int i = 0; i < 16; i++) {
         const float tt = t[i];
-        float p = 0.17087277f;
-        p = p * tt + -0.82215223f;
-        p = p * tt + 1.48851587f;
-        p = p * tt + -1.13520398f;
-        p = p * tt + 0.27886807f;
-        p = p * tt + -0.18628806f;
-        p = p * tt + 0.09678418f;
-        p = p * tt + 0.37409196f;
-        p = p * tt + 1.00002368f;
-        p = p * tt + -1.26551223f;
+        float p = c[0];
+        for (int k = 1; k < 10; k++) p = p * tt + c[k];
         const float tail = (z[i] - zh[i]) * (z[i] + zh[i]); /* z^2 - zh^2 */
-        a1[i] = -(zh[i] * zh[i]);                          /* exact */
-        a2[i] = p - tail;
+        const float a1 = -(zh[i] * zh[i]);                 /* exact */
+        const float a2 = p - tail;
+        const float s = a1 + a2;
+        const float sc = s < -87.3365f ? -87.3365f : s;
+        const float n = (sc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+        const float r = ((a1 - n * 0.693359375f) - n * -2.12194440e-4f) + a2;
+        float q = ce[0];
+        for (int k = 1; k < 6; k++) q = q * r + ce[k];
+        const float pe = (q * r) * r + r + 1.0f;
+        int32_t eb = ((int32_t)n + 127) << 23;
+        float sb;
+        memcpy(&sb, &eb, sizeof sb);
+        const float e = s < -87.3365f ? 0.0f : pe * sb;
+        h[i] = 0.5f * x[i] * (t[i] * e); /* 0.5 x erfc(z) */
     }
-    OB_ROWS(exp16)(a1, e1);
-    OB_ROWS(exp16)(a2, e2);
     for (int i = 0; i < 16; i++) {
         const float v = x[i];
-        const float h = 0.5f * v * (t[i] * (e1[i] * e2[i])); /* 0.5 x erfc(z) */
-        const float g = v >= 0.0f ? v - h : h;
+        const float g = v >= 0.0f ? v - h[i] : h[i];
         const float big = v > 0.0f ? v : -0.0f;
         const float r = (v < -20.0f || v > 20.0f) ? big : g;
         y[i] = v != v ? v : r;
@@ -271,6 +284,7 @@ OB_ROWS_ATTR static inline __attribute__((always_inline)) void OB_ROWS(gelu16)(c
  * portable loops, vectorized by the compiler, spent ~7 ns per value (the selects and the bit
  * masks on memory kept them scalar). */
 OB_ROWS_ATTR static inline __attribute__((always_inline)) __m512 OB_ROWS(gelu512)(__m512 x) {
+    static const float c[10] = OB_GELU_C, ce[6] = OB_EXP_C;
     const __m512 zero = _mm512_setzero_ps();
     const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
     const __m512 v = _mm512_mask_mov_ps(x, nan, zero);
@@ -282,15 +296,29 @@ OB_ROWS_ATTR static inline __attribute__((always_inline)) __m512 OB_ROWS(gelu512
     const __m512 t = _mm512_div_ps(one, _mm512_add_ps(one, _mm512_mul_ps(_mm512_set1_ps(0.5f), z)));
     const __m512 zh = _mm512_castsi512_ps(
         _mm512_and_si512(_mm512_castps_si512(z), _mm512_set1_epi32((int32_t)0xFFFFF000)));
-    static const float c[10] = {0.17087277f,  -0.82215223f, 1.48851587f, -1.13520398f,
-                                0.27886807f,  -0.18628806f, 0.09678418f, 0.37409196f,
-                                1.00002368f, -1.26551223f};
     __m512 p = _mm512_set1_ps(c[0]);
     for (int k = 1; k < 10; k++) p = _mm512_add_ps(_mm512_mul_ps(p, t), _mm512_set1_ps(c[k]));
     const __m512 tail = _mm512_mul_ps(_mm512_sub_ps(z, zh), _mm512_add_ps(z, zh));
     const __m512 a1 = _mm512_sub_ps(zero, _mm512_mul_ps(zh, zh)); /* -(zh^2): exact */
     const __m512 a2 = _mm512_sub_ps(p, tail);
-    const __m512 e = _mm512_mul_ps(OB_ROWS(exp512)(a1), OB_ROWS(exp512)(a2));
+    const __m512 s = _mm512_add_ps(a1, a2);
+    const __m512 lo = _mm512_set1_ps(-87.3365f);
+    const __mmask16 under = _mm512_cmp_ps_mask(s, lo, _CMP_LT_OQ);
+    const __m512 sc = _mm512_mask_mov_ps(s, under, lo);
+    const __m512 magic = _mm512_set1_ps(12582912.0f);
+    const __m512 n = _mm512_sub_ps(
+        _mm512_add_ps(_mm512_mul_ps(sc, _mm512_set1_ps(1.44269504088896341f)), magic), magic);
+    const __m512 r = _mm512_add_ps(
+        _mm512_sub_ps(_mm512_sub_ps(a1, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f))),
+                      _mm512_mul_ps(n, _mm512_set1_ps(-2.12194440e-4f))),
+        a2);
+    __m512 q = _mm512_set1_ps(ce[0]);
+    for (int k = 1; k < 6; k++) q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(ce[k]));
+    const __m512 pe =
+        _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(q, r), r), r), one);
+    const __m512i eb = _mm512_slli_epi32(
+        _mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+    const __m512 e = _mm512_maskz_mul_ps((__mmask16)~under, pe, _mm512_castsi512_ps(eb));
     const __m512 h = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_mul_ps(t, e));
     const __m512 g =
         _mm512_mask_sub_ps(h, _mm512_cmp_ps_mask(x, zero, _CMP_GE_OQ), x, h); /* x >= 0: x - h */
@@ -298,8 +326,8 @@ OB_ROWS_ATTR static inline __attribute__((always_inline)) __m512 OB_ROWS(gelu512
                                           _mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ), x);
     const __mmask16 far = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-20.0f), _CMP_LT_OQ) |
                           _mm512_cmp_ps_mask(x, twenty, _CMP_GT_OQ);
-    const __m512 r = _mm512_mask_mov_ps(g, far, big);
-    return _mm512_mask_mov_ps(r, nan, x);
+    const __m512 res = _mm512_mask_mov_ps(g, far, big);
+    return _mm512_mask_mov_ps(res, nan, x);
 }
 
 OB_ROWS_ATTR void OB_ROWS(ob_gelu)(const float *x, float *y, int64_t i0, int64_t i1) {
