@@ -25,6 +25,8 @@ $py benchmarks/bench_xnor_limit.py --blocks 30 --out "$out/xnor_limit.json"
 fi
 # each packed model against torch fp32 / bf16 and onnxruntime fp32 / int8, batch 1, 16, 64
 $py benchmarks/bench_models.py --repeats 20 --batches 1 16 64 --threads 1 2 --out "$out/models.json"
+# batch 256 (the upper end of the issue), one thread, fewer repeats: its own table
+$py benchmarks/bench_models.py --repeats 6 --batches 256 --threads 1 --out "$out/models_b256.json"
 # models written outside onebit (pytorchcv ResNet-20, a Hugging Face BERT), the same baselines
 $py benchmarks/bench_own_models.py --threads 1 2 --batches 1 16 64 --out "$out/own_models/speed.json"
 if [ "${2:-}" != "--models-only" ]; then

@@ -239,6 +239,9 @@ def tables(folder: Path) -> str:
         "",
     ]
     out += model_lines(m)
+    if (folder / "models_b256.json").is_file():  # batch 256, measured beside the others
+        out += ["", "The same models at batch 256 (`models_b256.json`, 6 repeats per round):", "",
+                *model_lines(load(folder, "models_b256.json"))[2:]]  # fmt: skip
     if (folder / "xnor_limit.json").is_file():
         out += ["", *limit_lines(load(folder, "xnor_limit.json"))]
     out += [
