@@ -113,10 +113,16 @@ class WeightBuffer:
         self.busy = False
 
 
-def _lend(buf: WeightBuffer | None, w: Tensor) -> Tensor | None:
-    if buf is None:
-        return None
-    return buf.lend(w, torch.is_grad_enabled() and w.requires_grad)
+def _lend(buf: WeightBuffer | None, w: Tensor) -> tuple[Tensor | None, WeightBuffer | None]:
+    """The buffer's tensor for ``w`` and the buffer to return it to (the backward releases it),
+    or ``(None, None)``: no buffer, it is busy, or under ``torch.compile``, where the quantizer
+    allocates: dynamo cannot trace ``out=`` into a reused buffer nor the release in a backward
+    (a side effect outside the function), and broke the graph at every layer (BC ResNet-20 ran
+    2.8x slower compiled than eager); inductor plans the compiled graph's memory itself."""
+    if buf is None or torch.compiler.is_compiling():
+        return None, None
+    t = buf.lend(w, torch.is_grad_enabled() and w.requires_grad)
+    return (t, buf) if t is not None else (None, None)
 
 
 class SignSTE(torch.autograd.Function):
@@ -190,7 +196,7 @@ class SignIdentity:
 
     def __call__(self, w: Tensor, buf: WeightBuffer | None = None) -> Tensor:
         """Training forward weight (written into ``buf`` when it is free)."""
-        return SignSTE.apply(w, _lend(buf, w), buf)
+        return SignSTE.apply(w, *_lend(buf, w))
 
     def hard(self, w: Tensor) -> Tensor:
         """Deployed weight ``sign(w)``."""
@@ -203,7 +209,7 @@ class SignHtanh:
 
     def __call__(self, w: Tensor, buf: WeightBuffer | None = None) -> Tensor:
         """Training forward weight (written into ``buf`` when it is free)."""
-        return SignMaskedSTE.apply(w, _lend(buf, w), buf)
+        return SignMaskedSTE.apply(w, *_lend(buf, w))
 
     def hard(self, w: Tensor) -> Tensor:
         """Deployed weight ``sign(w)``."""

@@ -116,11 +116,13 @@ class TrainConfig:
             process takes the GPU of its LOCAL_RANK).
         precision: ``fp32``, ``bf16`` (autocast; on a CPU only where it has AMX or AVX512_BF16)
             or ``fp16`` (autocast and a gradient scaler; CUDA only). Evaluation runs in it too.
-        compile: wrap the model in ``torch.compile``. Off by default: on this project's CPU it
-            made a full-precision ResNet-20 step 0.87x (fp32) and 0.76x (bf16) as long after a
-            first compilation of 8 to 40 s, but with torch 2.13 inductor fails on onebit's binary
-            conv layers (bc: a LoweringException in convolution_backward), so it is for float
-            models (records/2026-12-07_epoch_time_resnet20).
+        compile: wrap the model in ``torch.compile`` (static shapes: one compilation per
+            batch shape, 30-40 s each on 2 cores). Off by default: on this project's CPU it
+            made a full-precision ResNet-20 step 0.87x (fp32) and 0.76x (bf16) as long
+            (records/2026-12-07_epoch_time_resnet20), and a binarized one 0.68-0.84x in bf16
+            (bc, bwn, lab, bnn++, gwt, proxquant, bnn; scratch, one thread, batch 128, machine
+            shared) but xnor 1.17x; inductor failed on binary conv layers until their weight
+            buffers were skipped under compilation (they broke the graph at every layer).
         gemm: the kernel of the fully connected layers' matrix products on the CPU
             (:mod:`onebit.gemm`): ``torch`` (torch's own), ``onebit`` (the native AVX-512 kernel,
             which then also takes the run's threads while torch's other ops run on one), or
@@ -838,7 +840,7 @@ def _setup(
         ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:
-        net = torch.compile(net)
+        net = torch.compile(net, dynamic=False)  # static shapes (test_compile_*, test_precision.py)
     step = TrainStep(model, method, opt, cfg, net=net, precision=precision, teacher=teacher)
     if step.scaler is not None and "grad_scaler" in state:
         step.scaler.load_state_dict(state["grad_scaler"])
