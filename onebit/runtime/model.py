@@ -191,19 +191,23 @@ class PackedModel:
         extra: dict[str, Array] | None = None,
         trace: dict[str, tuple[int, ...]] | None = None,
     ) -> Array:
-        """The graph on one batch (``trace``: when given, every value's shape is put in it)."""
-        if profile is None and trace is None:
-            return self._run_steps(xa, extra or {})
-        env: dict[str, Array] = {"input": xa, **(extra or {})}
-        in_place = self._in_place()
-        for op in self.ops:
+        """The graph on one batch, over :meth:`_steps` (``trace``: when given, every value's
+        shape is put in it; ``profile``: seconds per op are added to it)."""
+        names, steps, out, n = self._steps()
+        if out < 0:
+            raise OnebitError("the packed graph has no output op; the file is damaged.")
+        env: list[Any] = [None] * n
+        env[0] = xa
+        for i, name in enumerate(names[1:], 1):
+            env[i] = (extra or {})[name]
+        for fn, own, op, ins, at, strided in steps:
             t0 = time.perf_counter() if profile is not None else 0.0
-            if op.op == "output":
-                return np.ascontiguousarray(env[op.inputs[0]])
-            own = op.name in in_place and env[op.inputs[0]].dtype == np.float32
-            fn = OPS_INPLACE[op.op] if own else TABLE[op.op]
+            args = [env[i] for i in ins]
             try:
-                y = fn(self, op, *(env[i] for i in op.inputs))
+                if own is not None and args[0].dtype == np.float32:
+                    y = own(self, op, *args)
+                else:
+                    y = fn(self, op, *args)
             except (ValueError, IndexError, KeyError, TypeError) as e:
                 # files are checked on load (onebit.runtime.schema); this is for graphs built
                 # in memory that do not fit their inputs
@@ -211,19 +215,20 @@ class PackedModel:
                 raise OnebitError(
                     f"op {op.name!r} ({op.op}) cannot run on its input ({first[:160]})."
                 ) from None
-            env[op.name] = y if op.op in STRIDED_OPS else np.ascontiguousarray(y)
+            env[at] = y if strided else np.ascontiguousarray(y)
             if trace is not None:
                 trace[op.name] = tuple(y.shape)
             if profile is not None:
                 profile[op.name] = profile.get(op.name, 0.0) + time.perf_counter() - t0
-        raise OnebitError("the packed graph has no output op; the file is damaged.")
+        return np.ascontiguousarray(env[out])
 
     def _steps(self) -> tuple[list[str], list[tuple[Any, ...]], int, int]:
         """The graph as a list of steps over numbered slots, made once per model: per op its
-        function, its in-place variant (or None), the op, its input slots, its output slot and
-        whether its result may stay strided; and the slot of the output. The same work as
-        :meth:`_run`'s loop without its per-op name lookups (~1 us per op, a tenth of a
-        ViT's time at batch 1)."""
+        function, its in-place variant (or None: an op that may overwrite its only reader's
+        input, :meth:`_in_place`), the op, its input slots, its output slot and whether its
+        result may stay strided; the inputs' names (slots 0, 1, ...), the output's slot (-1:
+        none) and the number of slots. Numbered slots instead of per-op name lookups saved
+        ~1 us per op (a tenth of a ViT's time at batch 1)."""
         if "steps" not in self.cache:
             in_place = self._in_place()
             names = ["input", *(e["name"] for e in self.input.get("extra", []))]
@@ -234,36 +239,17 @@ class PackedModel:
                 if op.op == "output":
                     out = slot[op.inputs[0]]
                     break
+                unknown = [i for i in op.inputs if i not in slot]
+                if unknown:  # files are checked on load; graphs built in memory may not be
+                    raise OnebitError(
+                        f"op {op.name!r} ({op.op}) reads {unknown[0]!r}, which no earlier op makes."
+                    )
                 ins = tuple(slot[i] for i in op.inputs)
                 slot[op.name] = len(slot)
                 own = OPS_INPLACE[op.op] if op.name in in_place else None
                 steps.append((TABLE[op.op], own, op, ins, slot[op.name], op.op in STRIDED_OPS))
             self.cache["steps"] = (names, steps, out, len(slot))  # type: ignore[assignment]
         return self.cache["steps"]  # type: ignore[return-value]
-
-    def _run_steps(self, xa: Array, extra: dict[str, Array]) -> Array:
-        """:meth:`_run` without profile or trace, over :meth:`_steps`."""
-        names, steps, out, n = self._steps()  # type: ignore[misc]
-        if out < 0:
-            raise OnebitError("the packed graph has no output op; the file is damaged.")
-        env: list[Any] = [None] * n
-        env[0] = xa
-        for i, name in enumerate(names[1:], 1):
-            env[i] = extra[name]
-        for fn, own, op, ins, at, strided in steps:
-            args = [env[i] for i in ins]
-            try:
-                if own is not None and args[0].dtype == np.float32:
-                    y = own(self, op, *args)
-                else:
-                    y = fn(self, op, *args)
-            except (ValueError, IndexError, KeyError, TypeError) as e:
-                first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise OnebitError(
-                    f"op {op.name!r} ({op.op}) cannot run on its input ({first[:160]})."
-                ) from None
-            env[at] = y if strided else np.ascontiguousarray(y)
-        return np.ascontiguousarray(env[out])
 
     def normalize(self, x: npt.ArrayLike) -> Array:
         """Raw inputs to the normalized float32 the net expects.
