@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--record",
         metavar="DIR",
         help="also copy config, environment, metrics, tables, plots and the command into DIR "
-        "(e.g. records/2026-11-22_fmnist_mlp)",
+        "(e.g. records/2026-11-22_fmnist_mlp); a record of this grid made before is continued: "
+        "its runs are restored, not trained again, and the record is rewritten with the new ones",
     )
 
     sn = sub.add_parser(
@@ -271,9 +272,12 @@ def _seeds(seeds: list[int] | None) -> None:
         raise OnebitError(f"--seeds expects distinct non-negative integers, got {seeds}.")
 
 
-def _check_outputs(args: argparse.Namespace, out: str | None) -> None:
+def _check_outputs(
+    args: argparse.Namespace, out: str | None, *, continue_record: bool = False
+) -> None:
     """Every place the command will write, checked before anything trains: a result must not
-    be lost to a bad path after hours of training."""
+    be lost to a bad path after hours of training (``continue_record``: ``--record`` may name a
+    record that the command continues, as ``onebit compare`` does)."""
     from onebit.fileio import check_folder, check_writable
 
     if out is not None:
@@ -281,9 +285,9 @@ def _check_outputs(args: argparse.Namespace, out: str | None) -> None:
     if getattr(args, "json", None):
         check_writable(args.json)
     if getattr(args, "record", None):
-        from onebit.experiments.records import check_record_folder
+        from onebit.experiments.records import check_record_folder, check_record_to_continue
 
-        check_record_folder(args.record)
+        (check_record_to_continue if continue_record else check_record_folder)(args.record)
 
 
 def _kept(run_dirs: list[Path]) -> str:
@@ -438,7 +442,7 @@ def _compare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     methods = _methods(args.methods)
     if args.workers < 1:
         raise OnebitError(f"--workers must be at least 1, got {args.workers}.")
-    _check_outputs(args, cfg.out)
+    _check_outputs(args, cfg.out, continue_record=True)
 
     def show_plan(jobs: list) -> None:
         log.info("comparing %d runs in %s/%s: %s", len(jobs), cfg.out, cfg.name,
@@ -452,6 +456,7 @@ def _compare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             workers=args.workers,
             plots=not args.no_plots,
             on_plan=show_plan,
+            restore=args.record,
         )
     except KeyboardInterrupt:
         log.error("interrupted; run the same command again to continue where it stopped")
@@ -481,6 +486,7 @@ def _compare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                 title=cfg.name,
                 config_file=args.config,
                 report_dir=res.folder,
+                replace=True,
             )
         except OnebitError as e:
             print(

@@ -873,7 +873,7 @@ CASES = [
     Case(
         "compare-record-not-empty",
         ["compare", "tiny.toml", "--methods", "bc", "--record", "run"],
-        "already holds files",
+        "not a record to continue",
     ),
     Case(
         "compare-another-config",

@@ -129,6 +129,68 @@ def test_kill_and_resume_redoes_only_unfinished_runs(comparison, tmp_path, capsy
     assert res.ran == [] and res.skipped == GRID and not res.failed
 
 
+def test_a_record_continues_the_grid_on_another_machine(comparison, tmp_path, capsys):
+    """A new machine has the committed record but not the run folders: the finished runs are
+    restored from the record, only the new seed trains, and the record is rewritten whole."""
+    rec = tmp_path / "rec"
+    shutil.copytree(comparison / "rec", rec)
+    old = {k: json.loads((rec / "runs" / k / "summary.json").read_text()) for k in GRID}
+    cfg = comparison / "tiny.toml"
+    out = tmp_path / "fresh"  # nothing of the old --out
+    argv = ["compare", str(cfg), "--methods", "fp,bc", "--seeds", "0", "1", "2", "--workers", "1"]
+    assert main([*argv, "--out", str(out), "--record", str(rec)]) == 0
+    capsys.readouterr()
+    doc = json.loads((rec / "results.json").read_text())
+    assert [r["run"] for r in doc["runs"]] == ["fp-s0", "fp-s1", "fp-s2", "bc-s0", "bc-s1", "bc-s2"]
+    assert all(r["seeds"] == 3 for r in doc["table"])
+    for k in GRID:  # restored, not retrained: the same summary, and no checkpoint in the folder
+        assert json.loads((rec / "runs" / k / "summary.json").read_text()) == old[k]
+        assert json.loads((out / "tiny" / k / "summary.json").read_text()) == old[k]
+        assert not (out / "tiny" / k / "last.pt").exists()
+    assert (out / "tiny" / "bc-s2" / "last.pt").is_file()  # the one that trained here
+    assert "--seeds 0 1 2" in (rec / "command.sh").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+    # a grid that would drop runs of the record, a record without its run files, another
+    # config, and a folder that is no record are each one sentence, before anything trains
+    fewer = main(["compare", str(cfg), "--methods", "bc", "--seeds", "0", "--out",
+                  str(tmp_path / "o1"), "--record", str(rec)])  # fmt: skip
+    assert fewer == 2 and "does not plan (bc-s1, bc-s2, fp-s0" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    shutil.copytree(rec, bare)
+    shutil.rmtree(bare / "runs" / "fp-s1")
+    code = main([*argv, "--out", str(tmp_path / "o2"), "--record", str(bare)])
+    assert code == 2 and "without their files under runs/ (fp-s1)" in capsys.readouterr().err
+    code = main([*argv, "--out", str(tmp_path / "o3"), "--record", str(rec), "--set",
+                 "train.lr=0.5"])  # fmt: skip
+    assert code == 2 and "holds a run fp-s0 of another config" in capsys.readouterr().err
+    assert not (tmp_path / "o3" / "tiny" / "fp-s0").exists()
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("x")
+    code = main([*argv, "--out", str(tmp_path / "o4"), "--record", str(junk)])
+    assert code == 2 and "not a record to continue" in capsys.readouterr().err
+    assert json.loads((rec / "results.json").read_text()) == doc  # the record is untouched
+
+
+def test_a_restored_run_that_a_new_run_starts_from_is_trained_again(tmp_path, monkeypatch):
+    """Records hold no checkpoints: fp-s0 is restored for the fp row, but retrained when a
+    method still to train starts from its best.pt."""
+    from onebit.experiments.records import restore_runs, write_record
+
+    monkeypatch.setitem(METHODS, "fromfp", FromFP)
+    cfg = load_config(_config(tmp_path), [f'out="{tmp_path / "runs"}"'])
+    res = compare(cfg, ["fp"], [0], workers=1, plots=False)
+    rec = tmp_path / "rec"
+    write_record(rec, res.rows, res.run_dirs, ["compare", "tiny.toml", "--methods", "fp"])
+    shutil.rmtree(tmp_path / "runs")
+    assert restore_runs(rec, plan(cfg, ["fp"], [0])) == ["fp-s0"]
+    shutil.rmtree(tmp_path / "runs")
+    assert restore_runs(rec, plan(cfg, ["fp", "fromfp"], [0])) == []
+    res = compare(cfg, ["fp", "fromfp"], [0], workers=1, plots=False, restore=rec)
+    assert res.ran == ["fp-s0", "fromfp-s0"] and not res.failed
+
+
 def test_a_folder_of_another_config_is_an_error(comparison, tmp_path, capsys):
     out = tmp_path / "runs"
     shutil.copytree(comparison / "runs", out)

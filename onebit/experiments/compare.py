@@ -59,6 +59,7 @@ from onebit.errors import OnebitError
 from onebit.experiments import sensitivity
 from onebit.experiments.config import Config, build_method
 from onebit.experiments.grid import Job, Stage, execute, job_state, plain, worker_threads
+from onebit.experiments.records import restore_runs
 from onebit.experiments.report import read_run, write_results
 from onebit.fileio import folder_lock, remove_stale_temps
 from onebit.methods import method_preset
@@ -190,6 +191,7 @@ def compare(
     workers: int = 2,
     plots: bool = True,
     on_plan: Callable[[list[Job]], None] | None = None,
+    restore: str | Path | None = None,
 ) -> Comparison:
     """Train every (method, seed) of ``cfg`` that is not finished yet, then write the results.
 
@@ -200,15 +202,18 @@ def compare(
         workers: worker processes (1: in-process).
         plots: draw the PNG plots.
         on_plan: called with the grid before anything trains (the CLI logs it).
+        restore: a record of this grid (``--record``): its finished runs are copied into their
+            run folders first and count as finished (``onebit.experiments.records.restore_runs``),
+            so a grid continues on another machine from what was committed.
 
     Returns:
         The comparison; ``failed`` lists the runs that did not finish (the results hold the
         others, and running the same comparison again retries them).
 
     Raises:
-        OnebitError: bad methods or seeds, ``workers < 1``, a run folder of another config, or
+        OnebitError: bad methods or seeds, ``workers < 1``, a run folder of another config,
             another process comparing into the same folder (``<out>/<name>`` is locked while a
-            comparison runs).
+            comparison runs), or a ``restore`` record that cannot be continued.
     """
     if workers < 1:
         raise OnebitError(f"--workers must be at least 1, got {workers}.")
@@ -219,6 +224,9 @@ def compare(
     # one comparison at a time writes a grid folder: a second gets one sentence, not shared runs
     with folder_lock(folder, "give another --out"):
         remove_stale_temps(folder)  # run folders that killed processes were making
+        restored = restore_runs(restore, jobs) if restore is not None else []
+        for key in restored:
+            log.info("restored %s from the record %s", key, restore)
         return _compare(cfg, jobs, workers, plots, on_plan)
 
 

@@ -6,6 +6,15 @@ over seeds), ``command.sh`` (the one command that makes it again) and ``env.json
 version, machine, threads). A record of ``onebit compare`` also holds the config file it was made
 from (``config.toml``), ``results.md``, ``results.csv`` and ``plots/*.png``.
 
+**Continuing a record.** A grid may outlast the machine it started on: its run folders (under
+``--out``) are lost with the machine, while the committed record is not. ``onebit compare
+--record R`` with a record ``R`` of the same grid therefore continues it: before anything trains,
+each run the record holds (its light files under ``R/runs/``) is restored into the grid's run
+folder (:func:`restore_runs`), so it counts as finished and is not trained again, and the record
+is then rewritten whole with the runs this call added (:func:`write_record` with ``replace``).
+A run is restored only as a finished run of the same config; a record holding runs the grid does
+not plan, or rows without their run files, is refused, so continuing never drops a result.
+
 The README's results table is generated from ``records/`` (:func:`update_readme`): the text between
 ``<!-- results:start -->`` and ``<!-- results:end -->`` is replaced, and ``check=True`` only says
 whether it would change (a test holds the two in agreement).
@@ -22,20 +31,24 @@ from pathlib import Path
 from typing import Any
 
 from onebit.errors import OnebitError
+from onebit.experiments.grid import Job, job_state
 from onebit.experiments.report import (
+    finished_summary,
     format_table,
     markdown_table,
     summarize,
     table_columns,
 )
-from onebit.fileio import atomic_write, check_folder, make_folder
+from onebit.fileio import TMP_MARK, atomic_folder, atomic_write, check_folder, make_folder
 
 __all__ = [
     "README_END",
     "README_START",
     "check_record_folder",
+    "check_record_to_continue",
     "readme_block",
     "record_rows",
+    "restore_runs",
     "update_readme",
     "write_record",
 ]
@@ -75,6 +88,98 @@ def check_record_folder(path: str | Path) -> Path:
     return out
 
 
+def check_record_to_continue(path: str | Path) -> Path:
+    """``path`` if ``onebit compare`` may write its record there: a new or empty folder, or a
+    record that compare wrote before (it holds ``results.json``), which the comparison continues
+    (see the module docstring); one OnebitError sentence otherwise."""
+    out = check_folder(path, "--record")
+    if out.is_dir() and any(out.iterdir()) and not (out / "results.json").is_file():
+        raise OnebitError(
+            f"--record {out} holds files but no results.json, so it is not a record to "
+            "continue; give a new folder."
+        )
+    return out
+
+
+def _record_keys(record: Path) -> set[str]:
+    """The run names a record's ``results.json`` lists."""
+    if not (record / "results.json").is_file():
+        return set()
+    return {str(r.get("run", "")) for r in record_rows(record)}
+
+
+def restore_runs(record: str | Path, jobs: Sequence[Job]) -> list[str]:
+    """Copy each finished run of ``record`` into its job's run folder, so the grid skips it.
+
+    A job is restored when its folder does not hold a run yet and ``record/runs/<key>/`` holds a
+    finished run (``summary.json``) of the job's config (a record of another config raises).
+    Restored folders carry no checkpoints, so a run that an unfinished job starts from (its
+    ``needs``) is left to train again. Each folder is made whole or not at all.
+
+    Args:
+        record: the record folder (``--record``); nothing happens when it does not exist.
+        jobs: the planned grid (``onebit.experiments.compare.plan``).
+
+    Returns:
+        The keys of the restored runs.
+
+    Raises:
+        OnebitError: the record lists a run the grid does not plan (it would be dropped from
+            the rewritten record), a run without its files under ``runs/`` (a record made before
+            records kept them), or a run of another config.
+    """
+    root = Path(record)
+    keys = {j.key for j in jobs}
+    listed = _record_keys(root) if root.is_dir() else set()
+    extra = sorted(listed - keys)
+    if extra:
+        raise OnebitError(
+            f"--record {root} holds runs this comparison does not plan ({', '.join(extra)}); "
+            "name their methods and seeds too, or give a new folder."
+        )
+    saved = {
+        k
+        for k in listed
+        if finished_summary(root / "runs" / k) is not None
+        and (root / "runs" / k / "config.json").is_file()
+    }
+    if listed - saved:
+        raise OnebitError(
+            f"--record {root} lists runs without their files under runs/ "
+            f"({', '.join(sorted(listed - saved))}), so they cannot be continued; give a new "
+            "folder."
+        )
+    state = {j.key: job_state(j)[0] for j in jobs}
+    usable = saved | {k for k, s in state.items() if s == "done"}
+    restored: list[str] = []
+    for j in jobs:
+        if j.key not in saved or state[j.key] != "new" or j.run_dir.exists():
+            continue
+        if any(j.key in k.needs and k.key not in usable for k in jobs):
+            continue  # a dependent still to train reads this run's checkpoint
+        src = root / "runs" / j.key
+        files = {n: (src / n).read_bytes() for n in LIGHT_FILES if (src / n).is_file()}
+        atomic_folder(j.run_dir, files)
+        try:
+            job_state(j)
+        except OnebitError:
+            shutil.rmtree(j.run_dir, ignore_errors=True)
+            raise OnebitError(
+                f"--record {root} holds a run {j.key} of another config (changed --set or "
+                "config file?); give a new folder."
+            ) from None
+        restored.append(j.key)
+    return restored
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put folder ``new`` in the place of folder ``target`` (the old one is deleted)."""
+    old = target.with_name(f".{target.name}{TMP_MARK}old-{os.getpid()}")
+    os.rename(target, old)
+    os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_record(
     path: str | Path,
     rows: list[dict[str, Any]],
@@ -84,6 +189,7 @@ def write_record(
     *,
     config_file: str | Path | None = None,
     report_dir: str | Path | None = None,
+    replace: bool = False,
 ) -> Path:
     """Copy the light files of ``run_dirs`` into ``path`` and write the table and the command.
 
@@ -96,14 +202,26 @@ def write_record(
         config_file: the config file the runs were made from, copied as ``config.toml``.
         report_dir: a folder holding ``results.{md,csv,json}`` and ``plots/`` (a comparison
             folder), copied into the record; its ``results.md`` then heads the record's README.
+        replace: ``path`` may hold a record (one that the runs continue): the new record is
+            made beside it and then takes its place.
 
     Returns:
         The record folder.
 
     Raises:
-        OnebitError: ``path`` already holds files (:func:`check_record_folder`), or a file
-            cannot be written.
+        OnebitError: ``path`` already holds files and ``replace`` is False
+            (:func:`check_record_folder`), or a file cannot be written.
     """
+    target = Path(path)
+    if replace and target.is_dir() and any(target.iterdir()):
+        check_record_to_continue(target)
+        tmp = target.with_name(f".{target.name}{TMP_MARK}{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_record(
+            tmp, rows, run_dirs, argv, title, config_file=config_file, report_dir=report_dir
+        )
+        _swap_in(tmp, target)
+        return target
     out = check_record_folder(path)
     make_folder(out / "runs", "--record")
     for d in run_dirs:
