@@ -90,19 +90,25 @@ def mlp(
     return model
 
 
-INITS = ("torch", "glorot")
+INITS = ("torch", "glorot", "he")
 
 
 def init_weights_(model: nn.Module, init: str) -> None:
     """Re-initialize the weights of every Linear and Conv2d: ``torch`` keeps torch's default,
-    ``glorot`` draws them from Glorot/Xavier uniform and zeroes the biases."""
+    ``glorot`` draws them from Glorot/Xavier uniform, ``he`` from He et al. 2015's normal
+    ``N(0, 2 / fan)`` (fan-out for convolutions, as torchvision's ResNets; fan-in for linear
+    layers); both zero the biases."""
     if init not in INITS:
         raise OnebitError(f"unknown init {init!r}; accepted: {', '.join(INITS)}.")
     if init == "torch":
         return
     for m in model.modules():
         if isinstance(m, nn.Linear | nn.Conv2d):
-            nn.init.xavier_uniform_(m.weight)
+            if init == "glorot":
+                nn.init.xavier_uniform_(m.weight)
+            else:
+                mode = "fan_out" if isinstance(m, nn.Conv2d) else "fan_in"
+                nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
@@ -213,6 +219,8 @@ class ResNet(nn.Module):
         act: str,
         shortcut: str,
         bn_logits: bool,
+        init: str = "torch",
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_shape[0], widths[0], 3, 1, 1, bias=False)
@@ -228,6 +236,10 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes, bias=not bn_logits)
         self.bn_out = nn.BatchNorm1d(num_classes) if bn_logits else nn.Identity()
+        init_weights_(self, init)
+        if zero_init_residual:  # each block starts as the identity (Goyal et al. 2017)
+            for block in self.layers:
+                nn.init.zeros_(block.bn2.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.layers(self.act1(self.bn1(self.conv1(x))))
@@ -241,11 +253,20 @@ def resnet20(
     act: str = "relu",
     shortcut: str = "A",
     bn_logits: bool = False,
+    init: str = "torch",
+    zero_init_residual: bool = False,
 ) -> ResNet:
-    """ResNet-20 for 32x32 inputs: 3 stages of 3 blocks, widths 16-32-64 (0.27 M parameters)."""
+    """ResNet-20 for 32x32 inputs: 3 stages of 3 blocks, widths 16-32-64 (0.27 M parameters).
+
+    ``init``: ``torch`` (torch's default), ``glorot`` or ``he`` (:func:`init_weights_`);
+    ``zero_init_residual``: every block's last BatchNorm scale starts at 0, so each block
+    starts as the identity (Goyal et al. 2017).
+    """
+    widths = (width, 2 * width, 4 * width)
     return ResNet(
-        in_shape, num_classes, (width, 2 * width, 4 * width), (3, 3, 3), act, shortcut, bn_logits
-    )
+        in_shape, num_classes, widths, (3, 3, 3), act, shortcut, bn_logits, init,
+        zero_init_residual,
+    )  # fmt: skip
 
 
 def resnet18(

@@ -104,6 +104,10 @@ class TrainConfig:
         gamma: the ``multistep`` factor.
         momentum: SGD momentum. nesterov: Nesterov momentum for SGD.
         weight_decay: L2 penalty (SGD) or decoupled decay (AdamW-style is not used: Adam's own).
+        decay_norm: apply ``weight_decay`` to one-dimensional parameters too (normalization
+            scales and shifts, biases). False: only weights of two or more dimensions decay, the
+            usual practice for conv nets since Goyal et al. 2017 (a BN scale's size carries no
+            capacity to regularize, since the next BN or the ReLU's sign undoes it).
         loss: ``ce`` (cross-entropy) or ``hinge`` (squared hinge, BinaryConnect/LAB).
         label_smoothing: cross-entropy against targets smoothed by this much, in [0, 1) (training
             loss only; evaluation reports the plain cross-entropy).
@@ -150,6 +154,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
+    decay_norm: bool = True
     loss: str = "ce"
     grad_clip: float | None = None
     seed: int = 0
@@ -397,6 +402,8 @@ def make_optimizer(
     A group may carry ``lr_scale``: ``train`` sets its rate to ``lr_scale * lr_at(epoch)``.
     """
     params = groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if not cfg.decay_norm:
+        params = _split_decay(params)
     # The fused kernels are several times faster than the default for-each path on CPU and GPU.
     fused = all(
         p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
@@ -413,6 +420,17 @@ def make_optimizer(
             fused=fused,
         )
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def _split_decay(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each group as two: its parameters of 2+ dimensions, and its 1-D ones with no decay."""
+    out: list[dict[str, Any]] = []
+    for g in groups:
+        many = [p for p in g["params"] if p.dim() > 1]
+        one = [p for p in g["params"] if p.dim() <= 1]
+        out += [{**g, "params": many}] if many else []
+        out += [{**g, "params": one, "weight_decay": 0.0}] if one else []
+    return out
 
 
 @dataclass(frozen=True)

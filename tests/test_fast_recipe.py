@@ -123,3 +123,40 @@ def test_the_fast_recipe_runs_resnet20_through_train():
         math.isfinite(r["train_loss"]) and math.isfinite(r["test_loss"]) for r in history.epochs
     )
     assert history.last["lr"] == pytest.approx(lr_at(1, cfg.train, 1 / 2))  # the last step's rate
+
+
+def test_he_init_and_zero_init_residual_make_blocks_start_as_the_identity():
+    torch.manual_seed(0)
+    net = build("resnet20", (3, 32, 32), 10, init="he", zero_init_residual=True)
+    conv = net.layers[4].conv1  # 32 -> 32 channels, 3x3: fan-out 32 * 9
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (32 * 9)), rel=0.05)
+    assert all(not b.bn2.weight.detach().any() for b in net.layers)
+    net.eval()
+    block = net.layers[1]  # stride 1, same width: relu(0 * ... + x) = x for x >= 0
+    x = torch.rand(2, 16, 8, 8)
+    assert torch.equal(block(x), x)
+    plain = build("resnet20", (3, 32, 32), 10)
+    assert float(plain.layers[1].bn2.weight.detach().sum()) == 16  # off by default
+    with pytest.raises(OnebitError, match="unknown init 'lecun'"):
+        build("resnet20", (3, 32, 32), 10, init="lecun")
+
+
+def test_decay_norm_false_leaves_one_dimensional_parameters_undecayed():
+    from onebit.training import make_optimizer
+
+    net = build("resnet20", (3, 32, 32), 10)
+    cfg = TrainConfig(optimizer="sgd", lr=0.1, weight_decay=0.01, decay_norm=False)
+    opt = make_optimizer(net, cfg)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert len(decay) == sum(1 for _ in net.parameters())
+    for p in net.parameters():
+        assert decay[id(p)] == (0.01 if p.dim() > 1 else 0.0)
+    # one SGD step with a zero gradient: decayed weights shrink, BN scales stay
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    before = net.bn1.weight.clone(), net.conv1.weight.clone()
+    opt.step()
+    assert torch.equal(net.bn1.weight, before[0])
+    assert torch.allclose(net.conv1.weight, before[1] * (1 - 0.1 * 0.01))
+    kept = make_optimizer(net, TrainConfig(optimizer="sgd", weight_decay=0.01))
+    assert [g["weight_decay"] for g in kept.param_groups] == [0.01]  # the default decays all
