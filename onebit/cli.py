@@ -448,6 +448,11 @@ def _compare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         log.info("comparing %d runs in %s/%s: %s", len(jobs), cfg.out, cfg.name,
                  ", ".join(j.key for j in jobs))  # fmt: skip
 
+    held = []
+    if args.record:
+        from onebit.experiments.records import record_grid
+
+        held = record_grid(args.record)  # read before compare rewrites nothing yet
     try:
         res = compare(
             cfg,
@@ -482,7 +487,7 @@ def _compare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                 args.record,
                 res.rows,
                 [j.run_dir for j in res.jobs if (j.run_dir / "summary.json").is_file()],
-                sys.argv[1:] if argv is None else argv,
+                _grid_argv(sys.argv[1:] if argv is None else argv, methods, seeds, held),
                 title=cfg.name,
                 config_file=args.config,
                 report_dir=res.folder,
@@ -496,6 +501,38 @@ def _compare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             return 2
         print(f"record: {args.record}")
     return 0
+
+
+def _grid_argv(
+    argv: list[str], methods: list[str], seeds: list[int], held: list[tuple[str, int]]
+) -> list[str]:
+    """``argv`` with ``--methods`` and ``--seeds`` widened to the grid a continued record spans
+    (its own runs and this call's): the command that remakes the whole record."""
+    all_methods = list(dict.fromkeys([*methods, *(m for m, _ in held)]))
+    all_seeds = sorted({*seeds, *(s for _, s in held)})
+    if all_methods == methods and all_seeds == sorted(seeds):
+        return list(argv)
+    out: list[str] = []
+    it = iter(range(len(argv)))
+    skip_ints = False
+    for i in it:
+        a = argv[i]
+        if skip_ints and a.isdigit():
+            continue
+        skip_ints = False
+        if a == "--methods":
+            out += [a, ",".join(all_methods)]
+            next(it, None)
+        elif a.startswith("--methods="):
+            out.append("--methods=" + ",".join(all_methods))
+        elif a == "--seeds":
+            out += [a, *map(str, all_seeds)]
+            skip_ints = True
+        else:
+            out.append(a)
+    if "--seeds" not in argv:
+        out += ["--seeds", *map(str, all_seeds)]
+    return out
 
 
 def _sensitivity(args: argparse.Namespace) -> int:

@@ -151,11 +151,18 @@ def test_a_record_continues_the_grid_on_another_machine(comparison, tmp_path, ca
     assert "--seeds 0 1 2" in (rec / "command.sh").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
 
-    # a grid that would drop runs of the record, a record without its run files, another
-    # config, and a folder that is no record are each one sentence, before anything trains
-    fewer = main(["compare", str(cfg), "--methods", "bc", "--seeds", "0", "--out",
-                  str(tmp_path / "o1"), "--record", str(rec)])  # fmt: skip
-    assert fewer == 2 and "does not plan (bc-s1, bc-s2, fp-s0" in capsys.readouterr().err
+    # a call naming fewer methods and seeds keeps the record's runs (restored, nothing trains),
+    # and the command remakes the whole grid
+    out1 = tmp_path / "o1"
+    fewer = ["compare", str(cfg), "--methods", "bc", "--seeds", "0", "--workers", "1"]
+    assert main([*fewer, "--out", str(out1), "--record", str(rec)]) == 0
+    capsys.readouterr()
+    assert json.loads((rec / "results.json").read_text()) == doc
+    assert not any((out1 / "tiny").glob("*/last.pt"))
+    assert "--methods bc,fp --seeds 0 1 2 --workers 1" in (rec / "command.sh").read_text()
+
+    # a record without its run files, another config, and a folder that is no record are each
+    # one sentence, before anything trains
     bare = tmp_path / "bare"
     shutil.copytree(rec, bare)
     shutil.rmtree(bare / "runs" / "fp-s1")

@@ -59,7 +59,7 @@ from onebit.errors import OnebitError
 from onebit.experiments import sensitivity
 from onebit.experiments.config import Config, build_method
 from onebit.experiments.grid import Job, Stage, execute, job_state, plain, worker_threads
-from onebit.experiments.records import restore_runs
+from onebit.experiments.records import record_grid, restore_runs
 from onebit.experiments.report import read_run, write_results
 from onebit.fileio import folder_lock, remove_stale_temps
 from onebit.methods import method_preset
@@ -117,8 +117,15 @@ def method_config(cfg: Config, name: str) -> Config:
     return Config.from_dict({**cfg.to_dict(), "method": {"name": name, **shared}})
 
 
-def plan(cfg: Config, methods: Sequence[str], seeds: Sequence[int]) -> list[Job]:
-    """The grid of ``methods`` x ``seeds`` on ``cfg``, with pre-training runs added, in run order.
+def plan(
+    cfg: Config,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    extra: Sequence[tuple[str, int]] = (),
+) -> list[Job]:
+    """The grid of ``methods`` x ``seeds`` on ``cfg``, with pre-training runs added, in run order;
+    then the ``(method, seed)`` runs of ``extra`` that the grid lacks (a record's, see
+    ``onebit.experiments.records.record_grid``).
 
     Raises:
         OnebitError: no methods or seeds, a repeated or unknown method, a negative seed, or a
@@ -180,6 +187,9 @@ def plan(cfg: Config, methods: Sequence[str], seeds: Sequence[int]) -> list[Job]
     for name in methods:
         for seed in seeds:
             add(name, seed, ())
+    for name, seed in extra:
+        method_preset(name)
+        add(name, seed, ())
     return list(jobs.values())
 
 
@@ -202,9 +212,10 @@ def compare(
         workers: worker processes (1: in-process).
         plots: draw the PNG plots.
         on_plan: called with the grid before anything trains (the CLI logs it).
-        restore: a record of this grid (``--record``): its finished runs are copied into their
-            run folders first and count as finished (``onebit.experiments.records.restore_runs``),
-            so a grid continues on another machine from what was committed.
+        restore: a record of this grid (``--record``): its runs join the grid, and its finished
+            runs are copied into their run folders first and count as finished
+            (``onebit.experiments.records.restore_runs``), so a grid continues on another
+            machine from what was committed.
 
     Returns:
         The comparison; ``failed`` lists the runs that did not finish (the results hold the
@@ -217,7 +228,7 @@ def compare(
     """
     if workers < 1:
         raise OnebitError(f"--workers must be at least 1, got {workers}.")
-    jobs = plan(cfg, methods, seeds)
+    jobs = plan(cfg, methods, seeds, record_grid(restore) if restore is not None else ())
     for j in jobs:  # a folder of another config is refused before anything is made
         job_state(j)
     folder = Path(cfg.out) / cfg.name

@@ -12,8 +12,11 @@ from (``config.toml``), ``results.md``, ``results.csv`` and ``plots/*.png``.
 each run the record holds (its light files under ``R/runs/``) is restored into the grid's run
 folder (:func:`restore_runs`), so it counts as finished and is not trained again, and the record
 is then rewritten whole with the runs this call added (:func:`write_record` with ``replace``).
-A run is restored only as a finished run of the same config; a record holding runs the grid does
-not plan, or rows without their run files, is refused, so continuing never drops a result.
+The record's runs join the grid even where the call names fewer methods or seeds
+(:func:`record_grid`), so a grid of many sittings grows one call at a time (``--methods fp
+--seeds 1`` adds fp's seed 1 to a record of four methods' seed 0). A run is restored only as a
+finished run of the same config; rows without their run files are refused, so continuing never
+drops a result.
 
 The README's results table is generated from ``records/`` (:func:`update_readme`): the text between
 ``<!-- results:start -->`` and ``<!-- results:end -->`` is replaced, and ``check=True`` only says
@@ -47,6 +50,7 @@ __all__ = [
     "check_record_folder",
     "check_record_to_continue",
     "readme_block",
+    "record_grid",
     "record_rows",
     "restore_runs",
     "update_readme",
@@ -101,6 +105,16 @@ def check_record_to_continue(path: str | Path) -> Path:
     return out
 
 
+def record_grid(record: str | Path) -> list[tuple[str, int]]:
+    """The ``(method, seed)`` of every run a record lists, in its order (none for a folder that
+    is not a record yet): ``onebit compare`` plans them beside the ones it is asked for, so a
+    call that adds a seed or a method keeps what the record holds."""
+    root = Path(record)
+    if not (root / "results.json").is_file():
+        return []
+    return [(str(r["method"]), int(r["seed"])) for r in record_rows(root)]
+
+
 def _record_keys(record: Path) -> set[str]:
     """The run names a record's ``results.json`` lists."""
     if not (record / "results.json").is_file():
@@ -132,7 +146,7 @@ def restore_runs(record: str | Path, jobs: Sequence[Job]) -> list[str]:
     keys = {j.key for j in jobs}
     listed = _record_keys(root) if root.is_dir() else set()
     extra = sorted(listed - keys)
-    if extra:
+    if extra:  # compare plans the record's runs too (record_grid); this is its guard
         raise OnebitError(
             f"--record {root} holds runs this comparison does not plan ({', '.join(extra)}); "
             "name their methods and seeds too, or give a new folder."
