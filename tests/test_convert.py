@@ -108,5 +108,5 @@ def test_mlp_keras_style_options():
 def test_unknown_init_is_one_sentence():
     from onebit.errors import OnebitError
 
-    with pytest.raises(OnebitError, match="unknown init 'he'"):
-        build("mlp", (1, 4, 4), 3, hidden=[8], init="he")
+    with pytest.raises(OnebitError, match="unknown init 'lecun'"):
+        build("mlp", (1, 4, 4), 3, hidden=[8], init="lecun")
