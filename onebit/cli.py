@@ -452,7 +452,7 @@ def _compare(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     if args.record:
         from onebit.experiments.records import record_grid
 
-        held = record_grid(args.record)  # read before compare rewrites nothing yet
+        held = record_grid(args.record)  # the record's runs before this call adds any
     try:
         res = compare(
             cfg,
@@ -513,21 +513,19 @@ def _grid_argv(
     if all_methods == methods and all_seeds == sorted(seeds):
         return list(argv)
     out: list[str] = []
-    it = iter(range(len(argv)))
-    skip_ints = False
-    for i in it:
+    i = 0
+    while i < len(argv):
         a = argv[i]
-        if skip_ints and a.isdigit():
-            continue
-        skip_ints = False
+        i += 1
         if a == "--methods":
             out += [a, ",".join(all_methods)]
-            next(it, None)
+            i += 1  # its value
         elif a.startswith("--methods="):
             out.append("--methods=" + ",".join(all_methods))
         elif a == "--seeds":
             out += [a, *map(str, all_seeds)]
-            skip_ints = True
+            while i < len(argv) and argv[i].isdigit():  # its values
+                i += 1
         else:
             out.append(a)
     if "--seeds" not in argv:
